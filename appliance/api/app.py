@@ -1,0 +1,43 @@
+"""The control-plane app factory. The runtime (settings, engine, tokens) is created here and
+passed in through app.state; nothing is created at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from appliance import __version__
+from appliance.api import errors
+from appliance.api.limits import BodyLimitMiddleware
+from appliance.api.routers import datasets, health, models
+from appliance.bootstrap import Runtime, bootstrap
+from appliance.settings import Settings
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+DESCRIPTION = """Control plane of the appliance: base models, datasets (and, as they land, runs,
+artifacts and deployments). Every route under `/api` needs the admin token as
+`Authorization: Bearer <token>`; `GET /healthz` is open."""
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or bootstrap(settings or Settings())
+    app = FastAPI(title="appliance control plane", version=__version__, description=DESCRIPTION)
+    app.state.runtime = runtime
+    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_upload_bytes)
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(datasets.router)
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        # The page itself holds no data; it asks for the admin token and calls the API with it.
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    return app

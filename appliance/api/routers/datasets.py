@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi.responses import FileResponse
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
+from appliance.api.schemas import DatasetPreview, DatasetPublic
+from appliance.datasets import store
+from appliance.datasets.intake import add_dataset
+
+router = APIRouter(prefix="/api/datasets", tags=["datasets"], dependencies=[AdminDep])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or wrong admin token"},
+    404: {"description": "No such dataset"},
+}
+
+
+@router.post(
+    "",
+    response_model=DatasetPublic,
+    status_code=status.HTTP_201_CREATED,
+    summary="Upload a dataset (JSON, JSONL, CSV or Parquet; alpaca, sharegpt or messages rows)",
+    responses={
+        200: {"model": DatasetPublic, "description": "The same content was already uploaded: that dataset"},
+        413: {"description": "Over the upload size limit"},
+        422: {"description": "Invalid file: `detail`, plus `errors` with line, field and message of the first 20"},
+        **ERRORS,
+    },
+)
+def upload(
+    runtime: RuntimeDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="The dataset file")],
+    name: Annotated[str | None, Form(description="Display name (default: the file's name)")] = None,
+    format: Annotated[
+        Literal["alpaca", "sharegpt", "messages"] | None, Form(description="Row shape; detected when omitted")
+    ] = None,
+    base_model_id: Annotated[
+        str | None, Form(description="Model whose tokenizer and chat template measure token counts")
+    ] = None,
+    cutoff_len: Annotated[int | None, Form(gt=0, description="Token cutoff for the over-length count")] = None,
+) -> DatasetPublic:
+    dataset, created = add_dataset(
+        engine=runtime.engine, paths=runtime.paths, settings=runtime.settings, stream=file.file,
+        filename=file.filename or "upload", name=name, fmt=format, base_model_id=base_model_id,
+        cutoff_len=cutoff_len,
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return _public(runtime.engine, dataset.id)
+
+
+def _public(engine: Engine, dataset_id: str) -> DatasetPublic:
+    with Session(engine) as session:
+        dataset = store.get_dataset(session, dataset_id)
+        return DatasetPublic.of(dataset, store.token_stats_of(session, dataset_id))
+
+
+@router.get("", response_model=list[DatasetPublic], summary="List datasets, newest first", responses=ERRORS)
+def list_(runtime: RuntimeDep, session: SessionDep) -> list[DatasetPublic]:
+    return [_public(runtime.engine, d.id) for d in store.list_datasets(session)]
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, summary="One dataset with its stats", responses=ERRORS)
+def show(dataset_id: str, runtime: RuntimeDep) -> DatasetPublic:
+    return _public(runtime.engine, dataset_id)
+
+
+@router.get(
+    "/{dataset_id}/stats",
+    response_model=DatasetPublic,
+    summary="Token stats for a base model and cutoff (measured on first request, then recorded)",
+    responses=ERRORS,
+)
+def stats(
+    dataset_id: str,
+    runtime: RuntimeDep,
+    base_model_id: Annotated[str | None, Query(description="Default: the bundled model")] = None,
+    cutoff_len: Annotated[int | None, Query(gt=0)] = None,
+) -> DatasetPublic:
+    store.stats_for(
+        engine=runtime.engine, paths=runtime.paths, dataset_id=dataset_id, base_model_id=base_model_id,
+        cutoff_len=cutoff_len or runtime.settings.default_cutoff_len,
+    )
+    return _public(runtime.engine, dataset_id)
+
+
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview, summary="The first N rows", responses=ERRORS)
+def preview(
+    dataset_id: str, runtime: RuntimeDep, session: SessionDep, n: Annotated[int, Query(ge=1, le=100)] = 5
+) -> DatasetPreview:
+    dataset = store.get_dataset(session, dataset_id)
+    return DatasetPreview(id=dataset.id, rows=store.read_rows(runtime.paths, dataset, n))
+
+
+@router.get(
+    "/{dataset_id}/download",
+    summary="The normalized JSONL",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/jsonl": {}}}, **ERRORS},
+)
+def download(dataset_id: str, runtime: RuntimeDep, session: SessionDep) -> FileResponse:
+    dataset = store.get_dataset(session, dataset_id)
+    stem = dataset.name.rsplit(".", 1)[0] if "." in dataset.name else dataset.name
+    return FileResponse(
+        runtime.paths.resolve(dataset.path), media_type="application/jsonl", filename=f"{stem}.jsonl"
+    )
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a dataset that no run uses",
+    responses={409: {"description": "A run uses the dataset"}, **ERRORS},
+)
+def delete(dataset_id: str, runtime: RuntimeDep) -> Response:
+    store.delete_dataset(engine=runtime.engine, paths=runtime.paths, dataset_id=dataset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

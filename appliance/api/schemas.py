@@ -1,0 +1,88 @@
+"""Public response models (what the API promises), built from table rows."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from appliance.db.tables import Dataset, DatasetTokenStats, ModelRecord
+
+
+class ModelFile(BaseModel):
+    path: str = Field(description="Path inside the model's folder")
+    size: int
+    sha256: str
+
+
+class ModelPublic(BaseModel):
+    id: str
+    name: str
+    architecture: str
+    parameters: int
+    context_length: int | None
+    vocab_size: int | None
+    chat_template: bool = Field(description="Whether the model ships a chat template")
+    source: str = Field(description="bundled, gguf or hf: where the model came from")
+    has_gguf: bool = Field(description="A GGUF file is kept for serving")
+    gguf_size: int | None
+    hf_size: int | None = Field(description="Bytes of the full-precision Hugging Face folder used for training")
+    sha256: str = Field(description="sha256 of the imported GGUF file, or of the HF folder's file list")
+    files: list[ModelFile]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, m: ModelRecord) -> ModelPublic:
+        return cls(
+            id=m.id, name=m.name, architecture=m.architecture, parameters=m.parameters,
+            context_length=m.context_length, vocab_size=m.vocab_size, chat_template=m.has_chat_template,
+            source=m.source, has_gguf=m.gguf_path is not None, gguf_size=m.gguf_size, hf_size=m.hf_size,
+            sha256=m.sha256, files=[ModelFile(**f) for f in json.loads(m.files_json)], created_at=m.created_at,
+        )
+
+
+class TokenStats(BaseModel):
+    base_model_id: str
+    cutoff_len: int
+    min_tokens: int
+    median_tokens: float
+    max_tokens: int
+    total_tokens: int
+    over_cutoff: int = Field(description="Rows longer than cutoff_len tokens (they would be truncated)")
+
+    @classmethod
+    def of(cls, s: DatasetTokenStats) -> TokenStats:
+        return cls.model_validate(s, from_attributes=True)
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    format: str = Field(description="alpaca, sharegpt or messages: the shape of the uploaded rows")
+    source_type: str = Field(description="json, jsonl, csv or parquet: the uploaded file's type")
+    source_filename: str
+    sha256: str = Field(description="sha256 of the normalized JSONL: the same content is the same dataset")
+    rows: int
+    turns: int = Field(description="Assistant responses (user -> assistant exchanges) across all rows")
+    characters: int = Field(description="Characters of all message contents, system prompts included")
+    size_bytes: int = Field(description="Size of the normalized JSONL")
+    created_at: datetime
+    token_stats: list[TokenStats] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, d: Dataset, stats: list[DatasetTokenStats] | None = None) -> DatasetPublic:
+        return cls(
+            **d.model_dump(exclude={"path"}),
+            token_stats=[TokenStats.of(s) for s in stats or []],
+        )
+
+
+class DatasetPreview(BaseModel):
+    id: str
+    rows: list[dict[str, list[dict[str, str]]]] = Field(description="The first rows, as normalized conversations")
+
+
+class Health(BaseModel):
+    status: str
+    version: str

@@ -1,0 +1,1 @@
+"""Dataset intake: file readers, conversation shapes, validation, storage and statistics."""

@@ -1,0 +1,1 @@
+"""SQLite data layer: engine, tables, migrations, small query functions."""

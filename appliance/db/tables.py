@@ -1,0 +1,148 @@
+"""SQLModel tables. The schema itself is owned by migrations/ (never create_all); a test checks
+that these classes and the migrated database agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, ForeignKey, String, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fk(target: str, ondelete: str, nullable: bool = False) -> Column:  # type: ignore[type-arg]
+    return Column(String, ForeignKey(target, ondelete=ondelete), nullable=nullable, index=True)
+
+
+class ModelRecord(SQLModel, table=True):
+    """A base model: the GGUF kept for serving and/or the HF folder used for training."""
+
+    __tablename__ = "base_models"
+
+    id: str = Field(primary_key=True)
+    name: str
+    architecture: str
+    parameters: int
+    context_length: int | None = None
+    vocab_size: int | None = None
+    has_chat_template: bool = False
+    source: str  # bundled | gguf | hf
+    gguf_path: str | None = None
+    hf_path: str | None = None
+    gguf_size: int | None = None
+    hf_size: int | None = None
+    sha256: str = Field(unique=True)
+    files_json: str = "[]"
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Dataset(SQLModel, table=True):
+    __tablename__ = "datasets"
+
+    id: str = Field(primary_key=True)
+    name: str
+    format: str
+    source_type: str
+    source_filename: str
+    sha256: str = Field(unique=True)
+    path: str
+    rows: int
+    turns: int
+    characters: int
+    size_bytes: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DatasetTokenStats(SQLModel, table=True):
+    __tablename__ = "dataset_token_stats"
+    __table_args__ = (UniqueConstraint("dataset_id", "base_model_id", "cutoff_len"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: str = Field(sa_column=_fk("datasets.id", "CASCADE"))
+    base_model_id: str = Field(sa_column=_fk("base_models.id", "CASCADE"))
+    cutoff_len: int
+    min_tokens: int
+    median_tokens: float
+    max_tokens: int
+    total_tokens: int
+    over_cutoff: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+
+    id: str = Field(primary_key=True)
+    # RESTRICT: a dataset or model that a run used cannot vanish from under it.
+    dataset_id: str = Field(sa_column=_fk("datasets.id", "RESTRICT"))
+    base_model_id: str = Field(sa_column=_fk("base_models.id", "RESTRICT"))
+    status: str = "queued"
+    config_json: str = "{}"
+    step: int = 0
+    max_steps: int | None = None
+    loss: float | None = None
+    error: str | None = None
+    worker_pid: int | None = None
+    heartbeat_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Checkpoint(SQLModel, table=True):
+    __tablename__ = "checkpoints"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(sa_column=_fk("runs.id", "CASCADE"))
+    step: int
+    path: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Artifact(SQLModel, table=True):
+    __tablename__ = "artifacts"
+
+    id: str = Field(primary_key=True)
+    kind: str  # adapter | merged | gguf | gguf-adapter
+    type: str | None = None
+    status: str = "pending"
+    run_id: str | None = Field(default=None, sa_column=_fk("runs.id", "RESTRICT", nullable=True))
+    base_model_id: str | None = Field(
+        default=None, sa_column=_fk("base_models.id", "RESTRICT", nullable=True)
+    )
+    path: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+    verification_json: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Deployment(SQLModel, table=True):
+    __tablename__ = "deployments"
+
+    id: str = Field(primary_key=True)
+    artifact_id: str | None = Field(default=None, sa_column=_fk("artifacts.id", "RESTRICT", nullable=True))
+    status: str = "pending"
+    strategy: str | None = None
+    gap_ms: float | None = None
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    activated_at: datetime | None = None
+
+
+class Event(SQLModel, table=True):
+    """Append-only log (triggers in the migration refuse UPDATE and DELETE)."""
+
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ts: datetime = Field(default_factory=utcnow)
+    kind: str = Field(index=True)
+    entity_type: str
+    entity_id: str = Field(index=True)
+    message: str
+    data_json: str | None = None

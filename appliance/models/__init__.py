@@ -1,0 +1,1 @@
+"""Base models: inspection (no torch), conversion (child process), registry."""

@@ -1,0 +1,58 @@
+"""Settings: one pydantic schema read from APPLIANCE_* environment variables (and a .env file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every field is documented: `appliance config` prints them, a test refuses an undocumented one."""
+
+    model_config = SettingsConfigDict(env_prefix="APPLIANCE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("./data"),
+        description="Directory holding the database, datasets, models, secrets and every file the "
+        "appliance writes. Nothing is written outside it.",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the API and inference servers bind to. Use 0.0.0.0 to serve the local "
+        "network (kiosks).",
+    )
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of the control plane (REST API, web page).")
+    inference_port: int = Field(
+        8080, ge=1, le=65535, description="Port of the OpenAI-compatible inference server for kiosks."
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for the control plane. When unset, one is generated at first start "
+        "into <data_dir>/secrets/admin_token (mode 0600) and reused.",
+    )
+    kiosk_key: SecretStr | None = Field(
+        None,
+        description="API key kiosks send to the inference server. When unset, one is generated at "
+        "first start into <data_dir>/secrets/kiosk_key (mode 0600) and reused.",
+    )
+    max_upload_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="Largest dataset upload accepted, in bytes; larger uploads are refused with 413.",
+    )
+    max_dataset_rows: int = Field(
+        1_000_000, gt=0, description="Most rows one dataset may hold; more is refused with 422."
+    )
+    default_cutoff_len: int = Field(
+        1024,
+        gt=0,
+        description="Token length used for dataset statistics (rows longer than this are counted as "
+        "over the cutoff) when an upload does not name one.",
+    )
+    import_bundled_model: bool = Field(
+        True,
+        description="Import the bundled SmolLM2-135M-Instruct base model at start when it is missing.",
+    )
+    log_level: str = Field("info", description="Log level of the appliance's processes (debug, info, warning).")

