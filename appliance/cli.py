@@ -17,8 +17,10 @@ from appliance.settings import Settings
 app = typer.Typer(help="The appliance: fine-tune small language models where the data lives.", no_args_is_help=True)
 models_app = typer.Typer(help="Base models.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Training datasets.", no_args_is_help=True)
+runs_app = typer.Typer(help="Fine-tuning runs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(runs_app, name="runs")
 
 
 def _runtime() -> Runtime:
@@ -84,7 +86,18 @@ def up() -> None:
     ensure_bundled(runtime)
     s = runtime.settings
     typer.echo(f"control plane: http://{s.host}:{s.api_port}/  (admin token: {runtime.paths.admin_token})")
-    Supervisor([Service("api", [sys.executable, "-m", "appliance.cli", "api"])]).run_forever()
+    Supervisor([
+        Service("api", [sys.executable, "-m", "appliance.cli", "api"]),
+        Service("worker", [sys.executable, "-m", "appliance.cli", "worker"]),
+    ]).run_forever()
+
+
+@app.command()
+def worker() -> None:
+    """Run the trainer worker: claims queued runs, trains in a child process, resumes after crashes."""
+    from appliance.worker.worker import Worker
+
+    Worker(_runtime()).run_forever()
 
 
 @app.command()
@@ -235,6 +248,134 @@ def datasets_rm(dataset_id: str) -> None:
     except ApplianceError as exc:
         raise _fail(exc) from exc
     typer.echo(f"deleted {dataset_id}")
+
+
+def _run_public(runtime: Runtime, run_id: str) -> dict[str, Any]:
+    from appliance.api.schemas import RunPublic
+    from appliance.jobs.runs import get_run
+
+    with Session(runtime.engine) as session:
+        return RunPublic.of(session, get_run(session, run_id)).model_dump(mode="json")
+
+
+@runs_app.command("create")
+def runs_create(
+    dataset: Annotated[str, typer.Option(help="Dataset id")],
+    model: Annotated[str | None, typer.Option(help="Base model id (default: the bundled one)")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preset name from configs/presets")] = "lora-cpu",
+    config: Annotated[Path | None, typer.Option(help="A YAML config (LLaMA-Factory keys)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override one key: --set max_steps=50")] = None,
+    name: Annotated[str | None, typer.Option(help="Display name")] = None,
+) -> None:
+    """Queue a fine-tuning run (a worker must be running: `appliance up` or `appliance worker`)."""
+    import yaml
+
+    from appliance.jobs.runs import create_run
+    from appliance.models.registry import BUNDLED_ID
+
+    overrides: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        overrides[key.strip()] = yaml.safe_load(value)
+    runtime = _runtime()
+    try:
+        run = create_run(engine=runtime.engine, paths=runtime.paths, dataset_id=dataset,
+                         base_model_id=model or (None if "model_name_or_path" in overrides else BUNDLED_ID),
+                         config=overrides, preset=preset, name=name)
+    except ApplianceError as exc:
+        raise _fail(exc) from exc
+    _print(_run_public(runtime, run.id))
+
+
+@runs_app.command("list")
+def runs_list() -> None:
+    """List runs, newest first."""
+    from appliance.jobs.runs import list_runs
+
+    runtime = _runtime()
+    with Session(runtime.engine) as session:
+        for r in list_runs(session):
+            loss = f"{r.loss:.4f}" if r.loss is not None else "-"
+            typer.echo(f"{r.id}  {r.status:<9} step {r.step}/{r.max_steps}  loss {loss}  {r.dataset_id}")
+
+
+@runs_app.command("show")
+def runs_show(run_id: str) -> None:
+    """Show a run: status, progress, estimate, error."""
+    runtime = _runtime()
+    try:
+        _print(_run_public(runtime, run_id))
+    except ApplianceError as exc:
+        raise _fail(exc) from exc
+
+
+@runs_app.command("watch")
+def runs_watch(run_id: str) -> None:
+    """Follow a run with a progress bar until it ends."""
+    import time
+
+    from tqdm import tqdm
+
+    runtime = _runtime()
+    info = _run_public(runtime, run_id)
+    bar = tqdm(total=info["max_steps"] or 0, desc=run_id, unit="step", file=sys.stderr)
+    while True:
+        info = _run_public(runtime, run_id)
+        bar.n = info["step"]
+        bar.set_postfix_str(f"{info['status']} loss={info['loss']}")
+        bar.refresh()
+        if info["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(1)
+    bar.close()
+    typer.echo(f"{run_id}: {info['status']}" + (f" ({info['error']})" if info["error"] else ""))
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str) -> None:
+    """Cancel a queued or running run."""
+    from appliance.jobs.runs import cancel_run
+
+    runtime = _runtime()
+    try:
+        run = cancel_run(engine=runtime.engine, run_id=run_id)
+    except ApplianceError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{run.id}: {run.status}")
+
+
+@runs_app.command("retry")
+def runs_retry(run_id: str) -> None:
+    """Queue a failed or cancelled run again; it resumes from its last checkpoint."""
+    from appliance.jobs.runs import retry_run
+
+    runtime = _runtime()
+    try:
+        run = retry_run(engine=runtime.engine, run_id=run_id)
+    except ApplianceError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{run.id}: {run.status}")
+
+
+@runs_app.command("rm")
+def runs_rm(run_id: str) -> None:
+    """Delete a finished run and its files."""
+    from appliance.jobs.runs import delete_run
+
+    runtime = _runtime()
+    try:
+        delete_run(engine=runtime.engine, paths=runtime.paths, run_id=run_id)
+    except ApplianceError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"deleted {run_id}")
+
+
+@runs_app.command("logs")
+def runs_logs(run_id: str) -> None:
+    """Print the run's training log."""
+    runtime = _runtime()
+    log = runtime.paths.run_dir(run_id) / "train.log"
+    typer.echo(log.read_text() if log.exists() else "")
 
 
 def main() -> None:

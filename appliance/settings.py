@@ -55,4 +55,11 @@ class Settings(BaseSettings):
         True,
         description="Import the bundled SmolLM2-135M-Instruct base model at start when it is missing.",
     )
+    worker_poll_s: float = Field(1.0, gt=0, description="How often the worker looks for queued runs, in seconds.")
+    worker_stale_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="A running run whose worker sent no heartbeat for this long is taken back and resumed "
+        "from its last complete checkpoint.",
+    )
     log_level: str = Field("info", description="Log level of the appliance's processes (debug, info, warning).")

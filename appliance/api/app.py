@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from appliance import __version__
 from appliance.api import errors
 from appliance.api.limits import BodyLimitMiddleware
-from appliance.api.routers import datasets, health, models
+from appliance.api.routers import datasets, health, models, runs
 from appliance.bootstrap import Runtime, bootstrap
 from appliance.settings import Settings
 
@@ -32,6 +32,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(datasets.router)
+    app.include_router(runs.router)
+    app.include_router(runs.presets_router)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
+from sqlmodel import Session, col, select
 
-from appliance.db.tables import Dataset, DatasetTokenStats, ModelRecord
+from appliance.db.tables import Artifact, Checkpoint, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric
 
 
 class ModelFile(BaseModel):
@@ -86,3 +88,60 @@ class DatasetPreview(BaseModel):
 class Health(BaseModel):
     status: str
     version: str
+
+
+class MetricPublic(BaseModel):
+    kind: str = Field(description="train or eval")
+    step: int
+    loss: float
+    learning_rate: float | None
+    grad_norm: float | None
+    tokens_per_s: float | None = Field(description="Real (non-padding) tokens per second of this step")
+    tokens: int | None
+    memory_mb: float | None = Field(description="Peak memory so far: RSS on CPU, allocated on CUDA")
+    epoch: float | None
+
+    @classmethod
+    def of(cls, m: RunMetric) -> MetricPublic:
+        return cls.model_validate(m, from_attributes=True)
+
+
+class CheckpointPublic(BaseModel):
+    step: int
+    created_at: datetime
+
+
+class RunPublic(BaseModel):
+    id: str
+    name: str | None
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    dataset_id: str
+    base_model_id: str
+    preset: str | None
+    config: dict[str, Any] = Field(description="The full config used (preset, overrides and defaults)")
+    step: int
+    max_steps: int | None
+    loss: float | None = Field(description="Latest training loss")
+    error: str | None
+    estimate: dict[str, Any] | None = Field(description="Pre-flight estimate: peak memory, steps, seconds")
+    result: dict[str, Any] | None
+    attempts: int = Field(description="How many times a worker started it (resumes count)")
+    checkpoints: list[CheckpointPublic]
+    adapter_artifact_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, session: Session, r: Run) -> RunPublic:
+        ckpts = session.exec(select(Checkpoint).where(Checkpoint.run_id == r.id).order_by(col(Checkpoint.step)))
+        adapter = session.exec(select(Artifact.id).where(Artifact.run_id == r.id).where(Artifact.kind == "adapter"))
+        return cls(
+            id=r.id, name=r.name, status=r.status, dataset_id=r.dataset_id, base_model_id=r.base_model_id,
+            preset=r.preset, config=json.loads(r.config_json), step=r.step, max_steps=r.max_steps, loss=r.loss,
+            error=r.error, estimate=json.loads(r.estimate_json) if r.estimate_json else None,
+            result=json.loads(r.result_json) if r.result_json else None, attempts=r.attempts,
+            checkpoints=[CheckpointPublic(step=c.step, created_at=c.created_at) for c in ckpts],
+            adapter_artifact_id=adapter.first(), created_at=r.created_at, started_at=r.started_at,
+            finished_at=r.finished_at,
+        )

@@ -85,11 +85,34 @@ class Run(SQLModel, table=True):
     max_steps: int | None = None
     loss: float | None = None
     error: str | None = None
+    name: str | None = None
+    preset: str | None = None
+    estimate_json: str | None = None
+    result_json: str | None = None
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     worker_pid: int | None = None
     heartbeat_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class RunMetric(SQLModel, table=True):
+    __tablename__ = "run_metrics"
+    __table_args__ = (UniqueConstraint("run_id", "kind", "step"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(sa_column=_fk("runs.id", "CASCADE"))
+    kind: str  # train | eval
+    step: int
+    loss: float
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_s: float | None = None
+    tokens: int | None = None
+    memory_mb: float | None = None
+    epoch: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Checkpoint(SQLModel, table=True):

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from sqlmodel import Session
+
+from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
+from appliance.api.schemas import MetricPublic, RunPublic
+from appliance.jobs import runs
+from appliance.trainer.config import list_presets
+
+router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[AdminDep])
+presets_router = APIRouter(prefix="/api/presets", tags=["runs"], dependencies=[AdminDep])
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing or wrong admin token"},
+                                           404: {"description": "No such run"}}
+
+
+class RunCreate(BaseModel):
+    dataset_id: str
+    base_model_id: str | None = Field(None, description="Default: config.model_name_or_path")
+    preset: str | None = Field(None, description="A preset from configs/presets (e.g. lora-cpu); config overrides it")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="LLaMA-Factory-style keys; unknown keys are refused"
+    )
+    name: str | None = None
+
+
+@presets_router.get("", summary="Training presets (configs/presets/*.yaml)")
+def presets() -> dict[str, dict[str, Any]]:
+    return list_presets()
+
+
+@router.post("", response_model=RunPublic, status_code=status.HTTP_201_CREATED, summary="Queue a training run",
+             responses={422: {"description": "Bad config (names the key), unknown dataset or model, or the "
+                                             "pre-flight estimate does not fit memory"}, **ERRORS})
+def create(body: RunCreate, runtime: RuntimeDep) -> RunPublic:
+    run = runs.create_run(engine=runtime.engine, paths=runtime.paths, dataset_id=body.dataset_id,
+                          base_model_id=body.base_model_id, config=body.config, preset=body.preset, name=body.name)
+    return _public(runtime.engine, run.id)
+
+
+def _public(engine: Any, run_id: str) -> RunPublic:
+    with Session(engine) as session:
+        return RunPublic.of(session, runs.get_run(session, run_id))
+
+
+@router.get("", response_model=list[RunPublic], summary="List runs, newest first", responses=ERRORS)
+def list_(session: SessionDep) -> list[RunPublic]:
+    return [RunPublic.of(session, r) for r in runs.list_runs(session)]
+
+
+@router.get("/{run_id}", response_model=RunPublic, summary="One run", responses=ERRORS)
+def show(run_id: str, session: SessionDep) -> RunPublic:
+    return RunPublic.of(session, runs.get_run(session, run_id))
+
+
+@router.get("/{run_id}/metrics", response_model=list[MetricPublic], summary="Per-step metrics", responses=ERRORS)
+def metrics(run_id: str, session: SessionDep) -> list[MetricPublic]:
+    runs.get_run(session, run_id)
+    return [MetricPublic.of(m) for m in runs.metrics(session, run_id)]
+
+
+@router.get("/{run_id}/events", summary="Live progress (Server-Sent Events: metric, status)",
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}, **ERRORS})
+async def events(run_id: str, request: Request, runtime: RuntimeDep,
+                 poll_s: Annotated[float, Query(ge=0.1, le=10)] = 0.5) -> StreamingResponse:
+    with Session(runtime.engine) as session:
+        runs.get_run(session, run_id)
+
+    async def stream() -> AsyncIterator[str]:
+        last_id, last_status = 0, None
+        while not await request.is_disconnected():
+            with Session(runtime.engine) as session:
+                run = runs.get_run(session, run_id)
+                new = runs.metrics(session, run_id, after_id=last_id)
+                public = RunPublic.of(session, run)
+            for m in sorted(new, key=lambda m: m.id or 0):
+                last_id = max(last_id, m.id or 0)
+                yield f"event: metric\ndata: {MetricPublic.of(m).model_dump_json()}\n\n"
+            if public.status != last_status or new:
+                last_status = public.status
+                head = public.model_dump(include={"id", "status", "step", "max_steps", "loss", "error"})
+                yield f"event: status\ndata: {json.dumps(head)}\n\n"
+            if public.status in ("succeeded", "failed", "cancelled"):
+                return
+            await asyncio.sleep(poll_s)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/{run_id}/logs", response_class=PlainTextResponse, summary="The training log (last lines)",
+            responses=ERRORS)
+def logs(run_id: str, runtime: RuntimeDep, session: SessionDep,
+         lines: Annotated[int, Query(ge=1, le=10000)] = 200) -> str:
+    runs.get_run(session, run_id)
+    log = runtime.paths.run_dir(run_id) / "train.log"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+@router.post("/{run_id}/cancel", response_model=RunPublic, summary="Cancel a queued or running run",
+             responses={409: {"description": "Already finished"}, **ERRORS})
+def cancel(run_id: str, runtime: RuntimeDep) -> RunPublic:
+    runs.cancel_run(engine=runtime.engine, run_id=run_id)
+    return _public(runtime.engine, run_id)
+
+
+@router.post("/{run_id}/retry", response_model=RunPublic, summary="Queue a failed or cancelled run again "
+             "(it resumes from its last checkpoint)", responses={409: {"description": "Not failed or cancelled"},
+                                                                 **ERRORS})
+def retry(run_id: str, runtime: RuntimeDep) -> RunPublic:
+    runs.retry_run(engine=runtime.engine, run_id=run_id)
+    return _public(runtime.engine, run_id)
+
+
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a finished run and its files",
+               responses={409: {"description": "Queued or running"}, **ERRORS})
+def remove(run_id: str, runtime: RuntimeDep) -> Response:
+    runs.delete_run(engine=runtime.engine, paths=runtime.paths, run_id=run_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,1 @@
+"""Job queue on SQLite: runs created, claimed atomically, heartbeated, reclaimed, finished."""

@@ -1,0 +1,280 @@
+"""Runs: creation (config + pre-flight), the queue (atomic claim, heartbeat, reclaim), progress
+records (metrics, checkpoints) and the end of a run. Every status change goes through transition()."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from appliance import fsutil
+from appliance.db import events
+from appliance.db.engine import write_session
+from appliance.db.status import RunStatus, transition
+from appliance.db.tables import Artifact, Checkpoint, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric
+from appliance.errors import ConflictError, InputProblem, InvalidInputError, NotFoundError
+from appliance.paths import Paths
+from appliance.trainer import preflight
+from appliance.trainer.config import TrainConfig, load_preset, parse_config
+
+TERMINAL = {RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _bad(field: str, message: str) -> InvalidInputError:
+    return InvalidInputError("request", [InputProblem(None, field, message)])
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"no run with id {run_id!r}")
+    return run
+
+
+def list_runs(session: Session) -> list[Run]:
+    return list(session.exec(select(Run).order_by(col(Run.created_at).desc())))
+
+
+def resolve_config(preset: str | None, config: dict[str, Any]) -> TrainConfig:
+    raw = {**(load_preset(preset) if preset else {}), **config}
+    return parse_config(raw)
+
+
+def create_run(
+    *, engine: Engine, paths: Paths, dataset_id: str, base_model_id: str | None, config: dict[str, Any],
+    preset: str | None = None, name: str | None = None,
+) -> Run:
+    cfg = resolve_config(preset, config)
+    model_id = base_model_id or cfg.model_name_or_path
+    if model_id is None:
+        raise _bad("base_model_id", "name a registered base model (base_model_id or config.model_name_or_path)")
+    if base_model_id and cfg.model_name_or_path and cfg.model_name_or_path != base_model_id:
+        raise _bad(
+            "config.model_name_or_path", f"{cfg.model_name_or_path!r} differs from base_model_id {base_model_id!r}"
+        )
+    with Session(engine) as session:
+        model = session.get(ModelRecord, model_id)
+        if model is None:
+            raise _bad("base_model_id", f"no base model with id {model_id!r}")
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise _bad("dataset_id", f"no dataset with id {dataset_id!r}")
+        stats = session.exec(
+            select(DatasetTokenStats).where(DatasetTokenStats.dataset_id == dataset_id)
+            .where(DatasetTokenStats.base_model_id == model_id)
+        ).first()
+    if model.hf_path is None:
+        raise _bad("base_model_id", f"{model_id} has no full-precision weights to train on")
+    mean_tokens = stats.total_tokens / dataset.rows if stats else dataset.characters / dataset.rows / 4 + 16
+    rows = min(dataset.rows, cfg.max_samples or dataset.rows)
+    est = preflight.estimate(
+        hf_dir=paths.resolve(model.hf_path), parameters=model.parameters, cfg=cfg, rows=rows, mean_tokens=mean_tokens
+    )
+    if not est.fits:
+        raise _bad(
+            "config",
+            f"estimated peak memory {est.peak_memory_mb / 1024:.1f} GiB does not fit the "
+            f"{(est.available_memory_mb or 0) / 1024:.1f} GiB available on {est.device}: lower "
+            "per_device_train_batch_size or cutoff_len, enable gradient_checkpointing, "
+            "or use quantization_bit: 4 on a GPU",
+        )
+    run = Run(
+        id=f"run_{uuid.uuid4().hex[:12]}", dataset_id=dataset_id, base_model_id=model_id, name=name, preset=preset,
+        config_json=cfg.model_dump_json(exclude_defaults=False), max_steps=est.steps,
+        estimate_json=json.dumps(preflight.as_dict(est)),
+    )
+    with write_session(engine) as session:
+        session.add(run)
+        events.record(session, kind="run.queued", entity_type="run", entity_id=run.id,
+                      message=f"run queued: {dataset_id} on {model_id}, {est.steps} steps, ~{est.seconds:.0f}s")
+    with Session(engine) as session:
+        return get_run(session, run.id)
+
+
+def _move(session: Session, run: Run, new: RunStatus, message: str) -> None:
+    run.status = transition(RunStatus(run.status), new)
+    session.add(run)
+    events.record(session, kind=f"run.{new}", entity_type="run", entity_id=run.id, message=message)
+
+
+def cancel_run(*, engine: Engine, run_id: str) -> Run:
+    """Queued runs are cancelled at once; a running one's worker sees it and stops the child."""
+    with write_session(engine) as session:
+        run = get_run(session, run_id)
+        if RunStatus(run.status) in TERMINAL:
+            raise ConflictError(f"run {run_id} is already {run.status}")
+        _move(session, run, RunStatus.cancelled, "cancelled by the user")
+        run.finished_at = _now()
+    with Session(engine) as session:
+        return get_run(session, run_id)
+
+
+def retry_run(*, engine: Engine, run_id: str) -> Run:
+    """A failed or cancelled run goes back to the queue and resumes from its last checkpoint."""
+    with write_session(engine) as session:
+        run = get_run(session, run_id)
+        if RunStatus(run.status) not in (RunStatus.failed, RunStatus.cancelled):
+            raise ConflictError(f"only failed or cancelled runs can be retried; {run_id} is {run.status}")
+        _move(session, run, RunStatus.queued, "queued again by the user")
+        run.error, run.finished_at = None, None
+    with Session(engine) as session:
+        return get_run(session, run_id)
+
+
+def delete_run(*, engine: Engine, paths: Paths, run_id: str) -> None:
+    with write_session(engine) as session:
+        run = get_run(session, run_id)
+        if run.status in (RunStatus.running, RunStatus.queued):
+            raise ConflictError(f"run {run_id} is {run.status}; cancel it first")
+        used = session.exec(select(Artifact.id).where(Artifact.run_id == run_id).where(Artifact.kind != "adapter"))
+        if list(used):
+            raise ConflictError(f"run {run_id} has exported artifacts; delete those first")
+        session.exec(delete(Artifact).where(col(Artifact.run_id) == run_id))  # type: ignore[call-overload]
+        session.delete(run)
+        events.record(session, kind="run.deleted", entity_type="run", entity_id=run_id, message="run deleted")
+    shutil.rmtree(paths.run_dir(run_id), ignore_errors=True)
+
+
+# --- the queue -------------------------------------------------------------------------------
+
+
+def claim_next(*, engine: Engine, pid: int) -> Run | None:
+    """The oldest queued run, moved to running inside one BEGIN IMMEDIATE: two workers never
+    claim the same run."""
+    with write_session(engine) as session:
+        run = session.exec(
+            select(Run).where(Run.status == RunStatus.queued).order_by(col(Run.created_at)).limit(1)
+        ).first()
+        if run is None:
+            return None
+        _move(session, run, RunStatus.running, f"claimed by worker pid {pid}")
+        run.worker_pid, run.heartbeat_at, run.attempts = pid, _now(), run.attempts + 1
+        run.started_at = run.started_at or _now()
+        run_id = run.id
+    with Session(engine) as session:
+        return get_run(session, run_id)
+
+
+def heartbeat(*, engine: Engine, run_id: str) -> str:
+    """Refresh the heartbeat; returns the run's status (the worker stops a cancelled run)."""
+    with write_session(engine) as session:
+        run = get_run(session, run_id)
+        if run.status == RunStatus.running:
+            run.heartbeat_at = _now()
+            session.add(run)
+        return str(run.status)
+
+
+def reclaim_stale(*, engine: Engine, stale_after_s: float) -> list[str]:
+    """Running runs whose worker went silent (killed, power cut) go back to the queue."""
+    limit = _now() - timedelta(seconds=stale_after_s)
+    with write_session(engine) as session:
+        stale = [
+            r for r in session.exec(select(Run).where(Run.status == RunStatus.running))
+            if r.heartbeat_at is None or r.heartbeat_at.replace(tzinfo=UTC) < limit
+        ]
+        for run in stale:
+            _move(session, run, RunStatus.queued, f"worker pid {run.worker_pid} went silent; resuming")
+            run.worker_pid = None
+        return [r.id for r in stale]
+
+
+def requeue(*, engine: Engine, run_id: str, reason: str) -> None:
+    """A run whose worker is stopping goes back to the queue (it resumes from its checkpoint)."""
+    with write_session(engine) as session:
+        run = get_run(session, run_id)
+        if run.status == RunStatus.running:
+            _move(session, run, RunStatus.queued, reason)
+            run.worker_pid = None
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+def record_metric(*, engine: Engine, run_id: str, metric: dict[str, Any]) -> None:
+    fields = {k: metric.get(k) for k in ("kind", "step", "loss", "learning_rate", "grad_norm", "tokens_per_s",
+                                         "tokens", "memory_mb", "epoch")}
+    with write_session(engine) as session:
+        session.exec(delete(RunMetric).where(col(RunMetric.run_id) == run_id).where(  # type: ignore[call-overload]
+            col(RunMetric.kind) == fields["kind"]).where(col(RunMetric.step) == fields["step"]))
+        session.add(RunMetric.model_validate({"run_id": run_id, **fields}))
+        if fields["kind"] == "train":
+            run = get_run(session, run_id)
+            run.step, run.loss = int(fields["step"]), float(fields["loss"])  # type: ignore[arg-type]
+            session.add(run)
+
+
+def metrics(session: Session, run_id: str, after_id: int = 0) -> list[RunMetric]:
+    query = select(RunMetric).where(RunMetric.run_id == run_id).where(col(RunMetric.id) > after_id)
+    return list(session.exec(query.order_by(col(RunMetric.kind).desc(), col(RunMetric.step))))
+
+
+def record_checkpoint(*, engine: Engine, paths: Paths, run_id: str, step: int, path: Path, keep: int) -> None:
+    """Recorded only after the child renamed it into place; older ones beyond `keep` are removed."""
+    with write_session(engine) as session:
+        session.add(Checkpoint(run_id=run_id, step=step, path=paths.rel(path)))
+        older = list(session.exec(
+            select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(col(Checkpoint.step).desc()).offset(keep)
+        ))
+        for ckpt in older:
+            session.delete(ckpt)
+    for ckpt in older:
+        shutil.rmtree(paths.resolve(ckpt.path), ignore_errors=True)
+
+
+def latest_checkpoint(*, engine: Engine, paths: Paths, run_id: str) -> tuple[int, Path] | None:
+    """The newest recorded checkpoint whose folder is complete; metrics past it are forgotten."""
+    with Session(engine) as session:
+        ckpts = list(session.exec(
+            select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(col(Checkpoint.step).desc())
+        ))
+    for ckpt in ckpts:
+        path = paths.resolve(ckpt.path)
+        if all((path / f).exists() for f in ("state.json", "optimizer.pt", "rng.pt", "adapter")):
+            return ckpt.step, path
+    return None
+
+
+def forget_after(*, engine: Engine, run_id: str, step: int) -> None:
+    with write_session(engine) as session:
+        session.exec(delete(RunMetric).where(col(RunMetric.run_id) == run_id).where(  # type: ignore[call-overload]
+            col(RunMetric.step) > step))
+        run = get_run(session, run_id)
+        run.step = step
+        session.add(run)
+
+
+def finish_run(
+    *, engine: Engine, paths: Paths, run_id: str, ok: bool, error: str | None = None,
+    result: dict[str, Any] | None = None, adapter: Path | None = None,
+) -> str:
+    """Record how the child ended. A run cancelled meanwhile stays cancelled."""
+    with write_session(engine) as session:
+        run = get_run(session, run_id)
+        if run.status != RunStatus.running:
+            return str(run.status)
+        run.finished_at, run.worker_pid = _now(), None
+        if ok and adapter is not None:
+            weights = adapter / "adapter_model.safetensors"
+            session.add(Artifact(
+                id=f"art_{uuid.uuid4().hex[:12]}", kind="adapter", type="safetensors", status="ready", run_id=run_id,
+                base_model_id=run.base_model_id, path=paths.rel(adapter), size=weights.stat().st_size,
+                sha256=fsutil.sha256_file(weights),
+            ))
+            run.result_json = json.dumps(result or {})
+            _move(session, run, RunStatus.succeeded, f"finished at step {run.step}, loss {run.loss}")
+        else:
+            run.error = error or "the training process failed"
+            _move(session, run, RunStatus.failed, run.error)
+        return str(run.status)

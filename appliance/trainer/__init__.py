@@ -1,0 +1,1 @@
+"""Training: config (LLaMA-Factory key names), data, model loading, the train loop (child process)."""

@@ -1,0 +1,229 @@
+"""The training recipe, run in a child process of the worker: setup, train, checkpoint, finish.
+
+    python -m appliance.trainer SPEC.json
+
+It talks to the worker with one JSON object per line on stdout (plan, metric, checkpoint, done,
+error); human-readable logs go to stderr. It never touches the database: the worker records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from appliance import fsutil
+from appliance.models.chat import ChatTokenizer
+from appliance.trainer import data
+from appliance.trainer.config import TrainConfig
+from appliance.trainer.model import load, parts, pick_device
+
+
+class TrainingError(Exception):
+    """A run that must stop, with a message for the user."""
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"type": event, **fields}), flush=True)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def token_loss(decoder: Any, head: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy over label positions only: lm_head (a 49k-wide matmul on small models)
+    runs on those rows alone instead of every position of the padded batch."""
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != data.IGNORE
+    logits = head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model: Any, opt: Any, sched: Any, extra: dict[str, Any]) -> Path:
+    """Adapter, optimizer, scheduler, RNG and position, written aside and renamed in when complete."""
+    final = run_dir / "checkpoints" / f"step-{step:07d}"
+    with fsutil.temp_path(run_dir / "tmp") as tmp:
+        tmp.mkdir()
+        model.save_pretrained(str(tmp / "adapter"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(pick_device()), tmp / "rng.pt")
+        if os.environ.get("APPLIANCE_FAULT_POWER_CUT_IN_CHECKPOINT") == str(step):
+            # Fault injection for the crash tests: a power cut in the middle of a checkpoint write.
+            os.kill(os.getppid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
+        (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
+        if final.exists():  # an earlier attempt's, never recorded (it died before the worker saw it)
+            shutil.rmtree(final)
+        fsutil.publish(tmp, final)
+    return final
+
+
+def load_checkpoint(path: Path, model: Any, opt: Any, sched: Any) -> dict[str, Any]:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, weights)
+    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return dict(state)
+
+
+def check_health(step: int, loss: float, grad_norm: float, history: list[float]) -> None:
+    if not math.isfinite(loss):
+        raise TrainingError(f"loss became {loss} at step {step}; lower learning_rate or check the data")
+    if step == 1 and grad_norm == 0.0:
+        raise TrainingError(
+            "the gradient norm at step 1 is exactly zero: the adapter cannot learn. With 4-bit "
+            "quantization on CPU this happens when the weights were repacked by an inference pass "
+            "before training; use quantization_bit: null on CPU"
+        )
+    if len(history) == 10 and max(history) - min(history) <= 1e-7 * max(1.0, abs(history[0])):
+        raise TrainingError(f"the loss has not moved in the first 10 steps (stuck at {history[0]:.6f})")
+
+
+def evaluate(decoder: Any, head: Any, examples: list[data.Example], batch_size: int, pad_id: int,
+             device: torch.device) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            batch = {k: v.to(device) for k, v in data.collate(chunk, pad_id).items()}
+            total += token_loss(decoder, head, batch).item()
+            count += sum(e.label_count for e in chunk)
+    return total / max(count, 1)
+
+
+def train(spec: dict[str, Any]) -> None:
+    from transformers import get_scheduler
+
+    cfg = TrainConfig.model_validate(spec["config"])
+    run_dir = Path(spec["run_dir"])
+    device = pick_device()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    tok = ChatTokenizer(Path(spec["hf_dir"]))
+    examples = data.load_examples(Path(spec["dataset_path"]), tok, cfg.cutoff_len, cfg.max_samples)
+    train_set, val_set = data.split(examples, cfg.val_size, cfg.seed)
+    if not train_set:
+        raise TrainingError("no usable training example (none has assistant tokens within cutoff_len)")
+    plan = data.BatchPlan(train_set, cfg.per_device_train_batch_size, cfg.seed, cfg.packing)
+    ga = cfg.gradient_accumulation_steps
+    total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * math.ceil(plan.per_epoch / ga)))
+    emit("plan", max_steps=total, examples=len(train_set), val_examples=len(val_set))
+    pad_id = tok.tokenizer.token_to_id(tok.special.get("pad_token") or tok.special.get("eos_token") or "") or 0
+
+    model = load(Path(spec["hf_dir"]), cfg, device)
+    decoder, head = parts(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_steps or math.ceil(total * cfg.warmup_ratio)
+    sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup, num_training_steps=total)
+
+    state: dict[str, Any] = {"best_eval": None, "evals_since_best": 0}
+    start = 0
+    if spec.get("resume_from"):
+        state = load_checkpoint(Path(spec["resume_from"]), model, opt, sched)
+        start = int(state.pop("step"))
+        log(f"resumed from step {start}")
+    model.train()
+    history: list[float] = []
+    eval_every = cfg.eval_steps or cfg.save_steps
+    for step in range(start + 1, total + 1):
+        t0 = time.perf_counter()
+        micro = [plan.micro_batch((step - 1) * ga + j) for j in range(ga)]
+        n_labels = sum(e.label_count for b in micro for e in b)
+        loss_value, real_tokens = 0.0, 0
+        for batch in micro:
+            inputs = {k: v.to(device) for k, v in data.collate(batch, pad_id).items()}
+            loss = token_loss(decoder, head, inputs) / n_labels
+            loss.backward()
+            loss_value += loss.item()
+            real_tokens += sum(len(e.input_ids) for e in batch)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        if start == 0 and len(history) < 10:
+            history.append(loss_value)
+        check_health(step, loss_value, grad_norm, history if start == 0 else [])
+        lr = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t0
+        if step % cfg.logging_steps == 0 or step == total:
+            emit("metric", kind="train", step=step, loss=loss_value, learning_rate=lr, grad_norm=grad_norm,
+                 tokens_per_s=real_tokens / elapsed, tokens=real_tokens, memory_mb=peak_memory_mb(device),
+                 epoch=(step * ga) / plan.per_epoch)
+        stop = False
+        if val_set and (step % eval_every == 0 or step == total):
+            model.eval()
+            eval_loss = evaluate(decoder, head, val_set, cfg.per_device_train_batch_size, pad_id, device)
+            model.train()
+            emit("metric", kind="eval", step=step, loss=eval_loss)
+            if state["best_eval"] is None or eval_loss < state["best_eval"]:
+                state["best_eval"], state["evals_since_best"] = eval_loss, 0
+            else:
+                state["evals_since_best"] += 1
+            stop = cfg.early_stopping_steps is not None and state["evals_since_best"] >= cfg.early_stopping_steps
+        if step % cfg.save_steps == 0 and step < total and not stop:
+            path = save_checkpoint(run_dir, step, model, opt, sched, state)
+            emit("checkpoint", step=step, path=str(path))
+        if stop:
+            log(f"early stop at step {step}: eval loss has not improved in {cfg.early_stopping_steps} evals")
+            break
+    with fsutil.temp_path(run_dir / "tmp") as tmp:
+        model.save_pretrained(str(tmp))
+        if (run_dir / "adapter").exists():  # left by a crash after publishing, before recording
+            shutil.rmtree(run_dir / "adapter")
+        fsutil.publish(tmp, run_dir / "adapter")
+    emit("done", adapter=str(run_dir / "adapter"), steps=step, best_eval=state["best_eval"])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        log("usage: python -m appliance.trainer SPEC.json")
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    spec = json.loads(Path(argv[0]).read_text())
+    try:
+        train(spec)
+    except TrainingError as exc:
+        emit("error", message=str(exc))
+        return 3
+    return 0

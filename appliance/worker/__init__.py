@@ -1,0 +1,1 @@
+"""The worker: claims queued runs and supervises their training child process."""

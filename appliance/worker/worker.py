@@ -1,0 +1,190 @@
+"""The worker loop. One job at a time: claim, spawn the child, relay its progress into SQLite,
+heartbeat, stop it when cancelled, record how it ended. `run_once()` does one round and returns
+what it did, so tests can drive it step by step.
+
+The child dies with the worker (PR_SET_PDEATHSIG): after a `kill -9` of the worker no orphan
+keeps training, and the next worker resumes the run from its last recorded checkpoint.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from sqlmodel import Session
+
+from appliance.bootstrap import Runtime
+from appliance.db.tables import Run
+from appliance.jobs import runs
+from appliance.trainer.config import TrainConfig
+
+HEARTBEAT_S = 2.0
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Job:
+    run_id: str
+    proc: subprocess.Popen[str]
+    keep: int
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    done: dict[str, Any] | None = None
+    error: str | None = None
+    last_beat: float = 0.0
+
+
+def _pump(stream: IO[str], sink: queue.Queue[str | None]) -> None:
+    for line in stream:
+        sink.put(line)
+    sink.put(None)
+
+
+class Worker:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.job: Job | None = None
+
+    def run_once(self) -> list[str]:
+        if self.job is None:
+            did = [f"reclaimed {r}" for r in runs.reclaim_stale(
+                engine=self.rt.engine, stale_after_s=self.rt.settings.worker_stale_after_s)]
+            run = runs.claim_next(engine=self.rt.engine, pid=os.getpid())
+            if run is not None:
+                self.job = self._start(run)
+                did.append(f"started {run.id} (child pid {self.job.proc.pid})")
+            return did
+        return self._watch(self.job)
+
+    def _start(self, run: Run) -> Job:
+        rt = self.rt
+        run_dir = rt.paths.run_dir(run.id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # No child of this run is alive now: whatever a killed one left half-written goes.
+        shutil.rmtree(run_dir / "tmp", ignore_errors=True)
+        cfg = TrainConfig.model_validate_json(run.config_json)
+        resume = runs.latest_checkpoint(engine=rt.engine, paths=rt.paths, run_id=run.id)
+        runs.forget_after(engine=rt.engine, run_id=run.id, step=resume[0] if resume else 0)
+        with Session(rt.engine) as session:
+            from appliance.db.tables import Dataset, ModelRecord
+
+            dataset = session.get(Dataset, run.dataset_id)
+            model = session.get(ModelRecord, run.base_model_id)
+            assert dataset is not None and model is not None and model.hf_path is not None
+        spec = {
+            "run_id": run.id, "run_dir": str(run_dir), "config": json.loads(run.config_json),
+            "dataset_path": str(rt.paths.resolve(dataset.path)), "hf_dir": str(rt.paths.resolve(model.hf_path)),
+            "resume_from": str(resume[1]) if resume else None,
+        }
+        (run_dir / "config.json").write_text(json.dumps(spec["config"], indent=2))
+        (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
+        log = open(run_dir / "train.log", "a")  # noqa: SIM115  (the child owns it until it exits)
+        log.write(f"--- attempt {run.attempts}, resume from {spec['resume_from']}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.trainer", str(run_dir / "spec.json")],
+            stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=_die_with_parent,
+            env={**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        )
+        log.close()
+        job = Job(run.id, proc, cfg.save_total_limit)
+        assert proc.stdout is not None
+        threading.Thread(target=_pump, args=(proc.stdout, job.lines), daemon=True).start()
+        return job
+
+    def _relay(self, job: Job) -> bool:
+        """Record what the child said; True once its output has ended."""
+        while True:
+            try:
+                line = job.lines.get_nowait()
+            except queue.Empty:
+                return False
+            if line is None:
+                return True
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = msg.get("type")
+            if kind == "metric":
+                runs.record_metric(engine=self.rt.engine, run_id=job.run_id, metric=msg)
+            elif kind == "checkpoint":
+                runs.record_checkpoint(engine=self.rt.engine, paths=self.rt.paths, run_id=job.run_id,
+                                       step=msg["step"], path=Path(msg["path"]), keep=job.keep)
+            elif kind == "done":
+                job.done = msg
+            elif kind == "error":
+                job.error = msg["message"]
+
+    def _watch(self, job: Job) -> list[str]:
+        ended = self._relay(job)
+        now = time.monotonic()
+        if now - job.last_beat >= HEARTBEAT_S and job.proc.poll() is None:
+            job.last_beat = now
+            if runs.heartbeat(engine=self.rt.engine, run_id=job.run_id) != "running":
+                self._stop_child(job)
+                return [f"stopped {job.run_id}: no longer running (cancelled)"]
+        if job.proc.poll() is None or not ended:
+            return []
+        return [self._finish(job)]
+
+    def _stop_child(self, job: Job) -> None:
+        job.proc.terminate()
+        try:
+            job.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            job.proc.kill()
+            job.proc.wait()
+        self._relay(job)
+        self.job = None
+
+    def _finish(self, job: Job) -> str:
+        code = job.proc.wait()
+        self.job = None
+        if code == 0 and job.done is not None:
+            status = runs.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=job.run_id, ok=True,
+                                     result=job.done, adapter=Path(job.done["adapter"]))
+        else:
+            reason = job.error or self._crash_reason(job.run_id, code)
+            status = runs.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=job.run_id, ok=False,
+                                     error=reason)
+        return f"{job.run_id} ended: {status} (exit {code})"
+
+    def _crash_reason(self, run_id: str, code: int) -> str:
+        if code == -signal.SIGKILL:
+            return "the training process was killed (SIGKILL); most often the system ran out of memory"
+        log = self.rt.paths.run_dir(run_id) / "train.log"
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        return f"the training process exited with {code}: " + " | ".join(tail)
+
+    def run_forever(self) -> None:
+        stopping = False
+
+        def _stop(_signum: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        while not stopping:
+            for line in self.run_once():
+                print(f"[worker] {line}", file=sys.stderr, flush=True)
+            time.sleep(0.2 if self.job else self.rt.settings.worker_poll_s)
+        if self.job is not None:
+            run_id = self.job.run_id
+            self._stop_child(self.job)
+            runs.requeue(engine=self.rt.engine, run_id=run_id, reason="worker stopped; will resume")
