@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from appliance import fsutil
+from appliance.datasets.stats import pick_model
 from appliance.db import events
 from appliance.db.engine import write_session
 from appliance.db.status import RunStatus, transition
@@ -58,7 +59,11 @@ def create_run(
     cfg = resolve_config(preset, config)
     model_id = base_model_id or cfg.model_name_or_path
     if model_id is None:
-        raise _bad("base_model_id", "name a registered base model (base_model_id or config.model_name_or_path)")
+        with Session(engine) as session:
+            default = pick_model(session, None)  # the bundled model, else the first registered
+        if default is None:
+            raise _bad("base_model_id", "no base model is registered; import one with `appliance models import`")
+        model_id = default.id
     if base_model_id and cfg.model_name_or_path and cfg.model_name_or_path != base_model_id:
         raise _bad(
             "config.model_name_or_path", f"{cfg.model_name_or_path!r} differs from base_model_id {base_model_id!r}"

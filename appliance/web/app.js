@@ -29,9 +29,71 @@ async function loadModels() {
   }
 }
 
+let chartRun = null;
+
+async function loadRuns() {
+  const tbody = $("runs"); tbody.replaceChildren();
+  const runs = await api("/api/runs");
+  for (const r of runs) {
+    const tr = document.createElement("tr");
+    cell(tr, r.id); cell(tr, r.status);
+    const bar = document.createElement("progress"); bar.max = r.max_steps || 1; bar.value = r.step;
+    const prog = cell(tr, ""); prog.append(bar, ` ${r.step}/${r.max_steps ?? "?"}`);
+    cell(tr, r.loss != null ? r.loss.toFixed(4) : "");
+    const e = r.estimate;
+    cell(tr, e ? `${(e.peak_memory_mb / 1024).toFixed(1)} GiB, ~${Math.round(e.seconds / 60)} min on ${e.device}` : "");
+    cell(tr, r.error || "");
+    const actions = cell(tr, "");
+    const chart = document.createElement("button"); chart.textContent = "Loss";
+    chart.onclick = () => { chartRun = r.id; drawChart(); };
+    actions.append(chart);
+    if (r.status === "queued" || r.status === "running") {
+      const cancel = document.createElement("button"); cancel.textContent = "Cancel";
+      cancel.onclick = async () => { await api(`/api/runs/${r.id}/cancel`, { method: "POST" }); await loadRuns(); };
+      actions.append(" ", cancel);
+    }
+    tbody.appendChild(tr);
+  }
+  if (chartRun) await drawChart();
+  return runs;
+}
+
+async function drawChart() {
+  const points = (await api(`/api/runs/${chartRun}/metrics`)).filter((m) => m.kind === "train");
+  const svg = $("chart"); svg.replaceChildren(); $("chart-box").hidden = false;
+  $("chart-title").textContent = `${chartRun}: training loss by step`;
+  if (points.length < 2) return;
+  const maxStep = points[points.length - 1].step, maxLoss = Math.max(...points.map((p) => p.loss));
+  const xy = points.map((p) => `${(p.step / maxStep) * 590 + 5},${155 - (p.loss / maxLoss) * 145}`).join(" ");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", xy); line.setAttribute("fill", "none"); line.setAttribute("stroke", "#2d6cdf");
+  line.setAttribute("stroke-width", "2"); svg.appendChild(line);
+}
+
+async function loadRunForm(datasets) {
+  $("run-dataset").replaceChildren(...datasets.map((d) => new Option(`${d.name} (${d.rows} rows)`, d.id)));
+  const presets = await api("/api/presets");
+  $("run-preset").replaceChildren(...Object.keys(presets).map((p) => new Option(`preset: ${p}`, p)));
+}
+
+$("run-form").onsubmit = async (ev) => {
+  ev.preventDefault();
+  const config = {};
+  if ($("run-steps").value) config.max_steps = parseInt($("run-steps").value, 10);
+  const out = $("run-result");
+  try {
+    const r = await api("/api/runs", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ dataset_id: $("run-dataset").value, preset: $("run-preset").value, config }) });
+    out.className = "ok"; out.textContent = `Queued ${r.id}: ${r.max_steps} steps.`;
+    chartRun = r.id; await loadRuns();
+  } catch (e) { out.className = "error"; out.textContent = e.message; }
+};
+
 async function loadDatasets() {
   const tbody = $("datasets"); tbody.replaceChildren();
-  for (const d of await api("/api/datasets")) {
+  const datasets = await api("/api/datasets");
+  await loadRunForm(datasets);
+  for (const d of datasets) {
     const tr = document.createElement("tr");
     const s = d.token_stats[0];
     [d.id, d.name, d.format, d.rows, d.turns, s ? `${s.min_tokens} / ${s.median_tokens} / ${s.max_tokens}` : "",
@@ -102,8 +164,14 @@ async function start() {
   fetch("/healthz").then((r) => r.json()).then((h) => { $("health").textContent = `v${h.version} · ${h.status}`; });
   if (!token()) return showLogin();
   try {
-    await Promise.all([loadModels(), loadDatasets()]);
+    await Promise.all([loadModels(), loadDatasets(), loadRuns()]);
     $("login").hidden = true; $("app").hidden = false; $("logout").hidden = false;
+    // Live progress: refresh the runs table every 2 s while any run is queued or running.
+    setInterval(async () => {
+      if (!token() || $("app").hidden) return;
+      const runs = Array.from($("runs").rows).some((tr) => ["queued", "running"].includes(tr.cells[1].textContent));
+      if (runs) await loadRuns();
+    }, 2000);
   } catch (e) { if (e.message !== "unauthorized") showLogin(e.message); }
 }
 start();

@@ -1,0 +1,85 @@
+"""The web page in a real browser (Debian's Chromium driven by Playwright) against a real server:
+log in with the token, upload a dataset, see a bad upload's errors, queue a run and see it listed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import free_port
+from samples import ALPACA, jsonl
+
+CHROMIUM = "/usr/bin/chromium"
+# CI installs Chromium (.ci/run), so there the test always runs; elsewhere it needs `apt-get install chromium`.
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason="needs Debian's chromium (apt install chromium)"
+)
+
+
+@pytest.fixture
+def server(data_dir: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_API_PORT": str(port),
+           "APPLIANCE_ADMIN_TOKEN": "web-token"}
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "api"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(20)
+
+
+def test_page_logs_in_uploads_and_queues_a_run(server: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    good = tmp_path / "clinic-faq.jsonl"
+    good.write_bytes(jsonl(ALPACA))
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": ""}\n')
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page()
+        page.goto(server + "/")
+        expect(page.locator("#login")).to_be_visible()
+        page.fill("#token", "wrong")
+        page.click("#login-form button")
+        expect(page.locator("#login-error")).to_contain_text("refused")
+        page.fill("#token", "web-token")
+        page.click("#login-form button")
+        expect(page.locator("#models")).to_contain_text("smollm2-135m-instruct")
+
+        page.set_input_files("#file", str(bad))
+        page.click("#upload-btn")
+        expect(page.locator("#upload-result")).to_contain_text("line 2 output: empty assistant response")
+
+        page.set_input_files("#file", str(good))
+        page.click("#upload-btn")
+        expect(page.locator("#upload-result")).to_contain_text("3 rows")
+        expect(page.locator("#datasets")).to_contain_text("clinic-faq.jsonl")
+
+        page.fill("#run-steps", "5")
+        page.click("#run-form button")
+        expect(page.locator("#run-result")).to_contain_text("Queued run_")
+        expect(page.locator("#runs")).to_contain_text("queued")
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()
+    runs = httpx.get(f"{server}/api/runs", headers={"Authorization": "Bearer web-token"}).json()
+    assert [(r["status"], r["max_steps"], r["preset"]) for r in runs] == [("queued", 5, "lora-cpu")]
