@@ -20,12 +20,12 @@ run: setup
 	$(VENV)/bin/appliance up
 
 test: setup
-	$(VENV)/bin/ruff check appliance tests migrations
+	$(VENV)/bin/ruff check appliance tests migrations bench
 	$(VENV)/bin/mypy appliance
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check appliance tests migrations
+	$(VENV)/bin/ruff check appliance tests migrations bench
 	$(VENV)/bin/mypy appliance
 
 clean-venv:

@@ -102,7 +102,8 @@ def reference_losses(tmp_path_factory: pytest.TempPathFactory, template_dir: Pat
 
 
 def test_run_goes_queued_running_succeeded_and_loss_goes_down(env: Env) -> None:
-    run = env.create({"max_steps": 6, "save_steps": 2, "cutoff_len": 96, "seed": 3}, preset="lora-cpu", name="faq")
+    run = env.create({"max_steps": 6, "save_steps": 2, "cutoff_len": 96, "seed": 3, "val_size": 0.25, "eval_steps": 3},
+                     preset="lora-cpu", name="faq")
     assert (run["status"], run["step"], run["max_steps"], run["preset"]) == ("queued", 0, 6, "lora-cpu")
     assert run["config"]["lora_rank"] == 16 and run["config"]["max_steps"] == 6  # preset + override
     assert run["estimate"]["fits"] and run["estimate"]["peak_memory_mb"] > 500
@@ -117,8 +118,11 @@ def test_run_goes_queued_running_succeeded_and_loss_goes_down(env: Env) -> None:
     assert "running" in seen
     done = env.run(run["id"])
     assert (done["step"], done["error"], done["attempts"]) == (6, None, 1)
-    metrics = env.client.get(f"/api/runs/{run['id']}/metrics").json()
+    everything = env.client.get(f"/api/runs/{run['id']}/metrics").json()
+    metrics = [m for m in everything if m["kind"] == "train"]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    evals = [m for m in everything if m["kind"] == "eval"]
+    assert [m["step"] for m in evals] == [3, 6] and evals[1]["loss"] < evals[0]["loss"]  # held-out loss falls
     assert all(m["tokens_per_s"] > 0 and m["memory_mb"] > 0 and m["grad_norm"] > 0 for m in metrics)
     assert metrics[-1]["loss"] < metrics[0]["loss"] * 0.7
     assert done["loss"] == metrics[-1]["loss"]
@@ -132,7 +136,7 @@ def test_run_goes_queued_running_succeeded_and_loss_goes_down(env: Env) -> None:
     assert kinds == ["run.queued", "run.running", "run.succeeded"]
     events = env.client.get(f"/api/runs/{run['id']}/events")
     assert events.headers["content-type"].startswith("text/event-stream")
-    assert events.text.count("event: metric") == 6 and '"status": "succeeded"' in events.text
+    assert events.text.count("event: metric") == 8 and '"status": "succeeded"' in events.text
 
 
 def test_cancel_stops_a_running_run(env: Env) -> None:

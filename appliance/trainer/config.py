@@ -66,6 +66,11 @@ class TrainConfig(BaseModel):
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    forward_token_budget: int | None = Field(
+        None, ge=16,
+        description="Appliance extension: split each batch into forward passes of at most this many (padded) "
+        "tokens. The gradient is the same; peak memory falls, at some cost in speed",
+    )
     stage: Literal["sft"] = "sft"
     do_train: Literal[True] = True
     # Accepted, ignored (see IGNORED_KEYS).

@@ -115,6 +115,22 @@ class BatchPlan:
         return [self.examples[i] for i in self._cache[epoch][within]]
 
 
+def split_for_memory(batch: list[Example], budget: int | None) -> list[list[Example]]:
+    """Consecutive parts of a batch whose padded size (rows x longest) stays within `budget`."""
+    if budget is None:
+        return [batch]
+    parts: list[list[Example]] = []
+    current: list[Example] = []
+    for example in batch:
+        width = max([len(e.input_ids) for e in current] + [len(example.input_ids)])
+        if current and width * (len(current) + 1) > budget:
+            parts.append(current)
+            current = []
+        current.append(example)
+    parts.append(current)
+    return parts
+
+
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from appliance import fsutil
 from appliance.models.chat import ChatTokenizer
 from appliance.trainer import data
 from appliance.trainer.config import TrainConfig
+from appliance.trainer.loss import label_loss
 from appliance.trainer.model import load, parts, pick_device
 
 
@@ -49,13 +49,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def token_loss(decoder: Any, head: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed cross-entropy over label positions only: lm_head (a 49k-wide matmul on small models)
-    runs on those rows alone instead of every position of the padded batch."""
+    """Summed cross-entropy over label positions only (see trainer/loss.py)."""
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    keep = labels != data.IGNORE
-    logits = head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    return label_loss(hidden, head, batch["labels"], data.IGNORE)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -171,10 +167,12 @@ def train(spec: dict[str, Any]) -> None:
         n_labels = sum(e.label_count for b in micro for e in b)
         loss_value, real_tokens = 0.0, 0
         for batch in micro:
-            inputs = {k: v.to(device) for k, v in data.collate(batch, pad_id).items()}
-            loss = token_loss(decoder, head, inputs) / n_labels
-            loss.backward()
-            loss_value += loss.item()
+            # Each part's summed loss over the step's label count: the same gradient as one pass.
+            for part in data.split_for_memory(batch, cfg.forward_token_budget):
+                inputs = {k: v.to(device) for k, v in data.collate(part, pad_id).items()}
+                loss = token_loss(decoder, head, inputs) / n_labels
+                loss.backward()
+                loss_value += loss.item()
             real_tokens += sum(len(e.input_ids) for e in batch)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         if start == 0 and len(history) < 10:

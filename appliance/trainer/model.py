@@ -44,11 +44,14 @@ def load(hf_dir: Path, cfg: TrainConfig, device: torch.device) -> Any:
     if not cfg.quantization_bit:
         model.to(device)  # type: ignore[arg-type]
     model.config.use_cache = False
+    # Non-reentrant checkpointing: no need to make the (frozen) embeddings' output require grad.
+    ckpt_kwargs = {"use_reentrant": False}
     if cfg.quantization_bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
+        )
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
     # Seeded here: LoRA's A matrices are initialized at random.
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(

@@ -65,7 +65,13 @@ class Worker:
                 engine=self.rt.engine, stale_after_s=self.rt.settings.worker_stale_after_s)]
             run = runs.claim_next(engine=self.rt.engine, pid=os.getpid())
             if run is not None:
-                self.job = self._start(run)
+                try:
+                    self.job = self._start(run)
+                except Exception as exc:  # a run that cannot even start must not be retried forever
+                    runs.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=run.id, ok=False,
+                                    error=f"could not start training: {exc}")
+                    did.append(f"{run.id} failed to start: {exc}")
+                    return did
                 did.append(f"started {run.id} (child pid {self.job.proc.pid})")
             return did
         return self._watch(self.job)

@@ -1,0 +1,56 @@
+"""The training loss: cross-entropy on label positions only, with the output projection fused in.
+
+For small models the output projection is a large share of the work and the logits the largest
+tensors (SmolLM2: 49,152 x 4 bytes per row). So the loss (1) runs the projection only on rows that
+have a label, and (2) does it in chunks, forming the gradient w.r.t. the hidden states during the
+forward pass: the projection is frozen, so that gradient is all backward needs, and no more than one
+chunk of logits ever exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+CHUNK_ROWS = 256
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum over rows of CE(hidden @ weight.T, labels), for a weight that needs no gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        grad = torch.empty_like(hidden)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], CHUNK_ROWS):
+            rows = slice(start, start + CHUNK_ROWS)
+            logits = (hidden[rows] @ weight.t()).float()
+            target = labels[rows]
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            probs = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place of the logits
+            probs[torch.arange(target.shape[0], device=probs.device), target] -= 1.0
+            grad[rows] = probs.to(hidden.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * upstream.to(grad.dtype), None, None
+
+
+def label_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, ignore: int) -> torch.Tensor:
+    """Summed next-token cross-entropy over positions whose (shifted) label is not `ignore`."""
+    targets = labels[:, 1:]
+    keep = targets != ignore
+    rows = hidden[:, :-1][keep]
+    weight = head.weight
+    if weight.requires_grad or getattr(head, "bias", None) is not None:
+        # A trainable or biased head (not the case for LoRA on the usual targets): plain autograd.
+        logits = head(rows).float()
+        return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+    out = FusedLinearCrossEntropy.apply(rows, weight, targets[keep])
+    assert isinstance(out, torch.Tensor)
+    return out
