@@ -7,12 +7,17 @@ and hard links to its immutable model files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -95,3 +100,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def api_server(data_dir: Path, token: str) -> Iterator[str]:
+    """`appliance api` in its own process on 127.0.0.1 and a free port; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_API_PORT": str(port),
+           "APPLIANCE_ADMIN_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "api"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            assert proc.poll() is None, f"the API exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "the API did not come up within 60 s"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(20)

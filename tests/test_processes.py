@@ -4,14 +4,12 @@ the supervisor restarts a dead service with backoff."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from conftest import free_port
+from conftest import api_server
 
 from appliance.supervisor import Service, Supervisor
 
@@ -41,29 +39,11 @@ def test_api_process_never_imports_torch(data_dir: Path) -> None:
 
 
 def test_appliance_api_serves_on_loopback(data_dir: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_API_PORT": str(port),
-           "APPLIANCE_ADMIN_TOKEN": "tok"}
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "api"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "API did not come up"
-            time.sleep(0.2)
+    with api_server(data_dir, "tok") as base:
+        assert base.startswith("http://127.0.0.1:")
         assert httpx.get(f"{base}/api/models").status_code == 401
         models = httpx.get(f"{base}/api/models", headers={"Authorization": "Bearer tok"}).json()
         assert [m["id"] for m in models] == ["smollm2-135m-instruct"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_supervisor_restarts_a_dead_service_with_backoff(tmp_path: Path) -> None:

@@ -4,15 +4,12 @@ log in with the token, upload a dataset, see a bad upload's errors, queue a run 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import api_server
 from samples import ALPACA, jsonl
 
 CHROMIUM = "/usr/bin/chromium"
@@ -24,24 +21,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def server(data_dir: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_API_PORT": str(port),
-           "APPLIANCE_ADMIN_TOKEN": "web-token"}
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "api"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(20)
+    with api_server(data_dir, "web-token") as base:
+        yield base
 
 
 def test_page_logs_in_uploads_and_queues_a_run(server: str, tmp_path: Path) -> None:
