@@ -26,6 +26,8 @@ from typing import Any
 import psutil
 import yaml
 
+from appliance.trainer.allocator import jemalloc_path, training_env
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LF_VENV = HERE / ".venv-llamafactory"
@@ -161,7 +163,7 @@ def bench_appliance(hf_dir: Path, rows: list[dict[str, str]], steps: int, name: 
         "seed": 42, "packing": True, **extra}}
     spec_file = WORK / f"appliance-spec-{name}.json"
     spec_file.write_text(json.dumps(spec))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = training_env({**os.environ, "HF_HUB_OFFLINE": "1"}, "auto")  # as the worker starts it
     wall, peak, stdout = run_measured([sys.executable, "-m", "appliance.trainer", str(spec_file)],
                                       env, WORK / f"appliance-{name}.log")
     metrics = [m for m in map(json.loads, stdout.splitlines()) if m["type"] == "metric" and m["kind"] == "train"]
@@ -175,6 +177,7 @@ def bench_appliance(hf_dir: Path, rows: list[dict[str, str]], steps: int, name: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=64, help="optimizer steps for each trainer (64 = one epoch)")
+    parser.add_argument("--all", action="store_true", help="also the memory-saving settings of the appliance")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     cli = ensure_llamafactory()
@@ -183,11 +186,10 @@ def main() -> None:
     print("training with LLaMA-Factory ...", file=sys.stderr)
     lf = bench_llamafactory(cli, hf_dir, rows, args.steps)
     print(f"  {lf}", file=sys.stderr)
-    variants = {
-        "appliance": {},
-        "appliance_forward_token_budget_512": {"forward_token_budget": 512},
-        "appliance_gradient_checkpointing": {"gradient_checkpointing": True},
-    }
+    variants: dict[str, dict[str, Any]] = {"appliance": {}}
+    if args.all:
+        variants["appliance_forward_token_budget_512"] = {"forward_token_budget": 512}
+        variants["appliance_gradient_checkpointing"] = {"gradient_checkpointing": True}
     ours: dict[str, dict[str, Any]] = {}
     for name, extra in variants.items():
         print(f"training with the {name} settings {extra} ...", file=sys.stderr)
@@ -199,6 +201,7 @@ def main() -> None:
         "benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        "allocator": jemalloc_path() or "glibc malloc",
         "setup": {"model": "SmolLM2-135M-Instruct (fp32)", "rows": len(rows), "steps": args.steps,
                   "lora": "r=8, alpha 16, q_proj,v_proj", "batch": 4, "cutoff_len": 256, "learning_rate": 2e-4},
         "note": "LLaMA-Factory enables gradient checkpointing by default; the appliance does not (it is faster "

@@ -81,3 +81,18 @@ def test_unknown_keys_are_named() -> None:
         parse_config({"lora_rank": 8, "use_dora": True, "flash_attn": "fa2"})
     fields = sorted(p.field or "" for p in err.value.problems)
     assert fields == ["config.flash_attn", "config.use_dora"]
+
+
+def test_training_children_get_jemalloc_when_installed() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from appliance.trainer.allocator import jemalloc_path, training_env
+
+    maps = subprocess.run([sys.executable, "-c", "print(open('/proc/self/maps').read())"],
+                          env=training_env(dict(os.environ), "auto"), capture_output=True, text=True, check=True)
+    assert ("libjemalloc" in maps.stdout) == (jemalloc_path() is not None)
+    if os.environ.get("CI"):
+        assert jemalloc_path() is not None, ".ci/run installs libjemalloc2"
+    assert "LD_PRELOAD" not in training_env({}, "system")

@@ -27,6 +27,7 @@ from sqlmodel import Session
 from appliance.bootstrap import Runtime
 from appliance.db.tables import Run
 from appliance.jobs import runs
+from appliance.trainer.allocator import training_env
 from appliance.trainer.config import TrainConfig
 
 HEARTBEAT_S = 2.0
@@ -104,7 +105,8 @@ class Worker:
         proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.trainer", str(run_dir / "spec.json")],
             stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=_die_with_parent,
-            env={**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+            env=training_env({**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                             rt.settings.trainer_allocator),
         )
         log.close()
         job = Job(run.id, proc, cfg.save_total_limit)
