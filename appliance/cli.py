@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from sqlmodel import Session
@@ -13,6 +14,8 @@ from sqlmodel import Session
 from appliance.bootstrap import Runtime, bootstrap
 from appliance.errors import ApplianceError, InvalidInputError
 from appliance.settings import Settings
+
+T = TypeVar("T")
 
 app = typer.Typer(help="The appliance: fine-tune small language models where the data lives.", no_args_is_help=True)
 models_app = typer.Typer(help="Base models.", no_args_is_help=True)
@@ -35,6 +38,14 @@ def _fail(exc: ApplianceError) -> typer.Exit:
         if exc.total > len(exc.problems):
             typer.echo(f"  ... {exc.total - len(exc.problems)} more", err=True)
     return typer.Exit(1)
+
+
+def _checked(action: Callable[[], T]) -> T:
+    """Run a domain action; its error becomes a message and exit code 1, not a traceback."""
+    try:
+        return action()
+    except ApplianceError as exc:
+        raise _fail(exc) from exc
 
 
 def _print(obj: Any) -> None:
@@ -337,10 +348,7 @@ def runs_cancel(run_id: str) -> None:
     from appliance.jobs.runs import cancel_run
 
     runtime = _runtime()
-    try:
-        run = cancel_run(engine=runtime.engine, run_id=run_id)
-    except ApplianceError as exc:
-        raise _fail(exc) from exc
+    run = _checked(lambda: cancel_run(engine=runtime.engine, run_id=run_id))
     typer.echo(f"{run.id}: {run.status}")
 
 
@@ -350,10 +358,7 @@ def runs_retry(run_id: str) -> None:
     from appliance.jobs.runs import retry_run
 
     runtime = _runtime()
-    try:
-        run = retry_run(engine=runtime.engine, run_id=run_id)
-    except ApplianceError as exc:
-        raise _fail(exc) from exc
+    run = _checked(lambda: retry_run(engine=runtime.engine, run_id=run_id))
     typer.echo(f"{run.id}: {run.status}")
 
 
@@ -363,10 +368,7 @@ def runs_rm(run_id: str) -> None:
     from appliance.jobs.runs import delete_run
 
     runtime = _runtime()
-    try:
-        delete_run(engine=runtime.engine, paths=runtime.paths, run_id=run_id)
-    except ApplianceError as exc:
-        raise _fail(exc) from exc
+    _checked(lambda: delete_run(engine=runtime.engine, paths=runtime.paths, run_id=run_id))
     typer.echo(f"deleted {run_id}")
 
 
