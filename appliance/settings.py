@@ -69,4 +69,33 @@ class Settings(BaseSettings):
         "(Debian/Ubuntu package libjemalloc2; about 20% lower peak memory than glibc's malloc, measured), "
         "'system' keeps the C library's.",
     )
+    inference_threads: int = Field(
+        0, ge=0, description="CPU threads llama.cpp uses per generation; 0 = all cores."
+    )
+    inference_ctx: int = Field(
+        4096, ge=256, description="Context window (tokens) the inference server gives a loaded model."
+    )
+    inference_queue: int = Field(
+        8,
+        ge=1,
+        description="Requests that may wait for the model (one generates at a time). When full, kiosks get "
+        "503 with Retry-After instead of waiting without end.",
+    )
+    inference_gpu_layers: int = Field(
+        -1, description="Layers offloaded to the GPU when llama.cpp was built with one (-1 = all, 0 = none)."
+    )
+    inference_memory_mb: int = Field(
+        0,
+        ge=0,
+        description="Memory the inference server may use for models, in MB; 0 = what the system has available. "
+        "A swap loads the new model beside the old one only when both fit; otherwise it drains, swaps, "
+        "and answers 503 with Retry-After during the gap.",
+    )
+    inference_reconcile_s: float = Field(
+        0.5, gt=0, description="How often the inference server checks the database for a new deployment, in s."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the inference server from a browser (CORS). Empty: CORS off.",
+    )
     log_level: str = Field("info", description="Log level of the appliance's processes (debug, info, warning).")

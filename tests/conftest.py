@@ -48,17 +48,73 @@ def template_dir(request: pytest.FixtureRequest) -> Path:
 
 
 def clone_data_dir(template: Path, dest: Path) -> None:
-    """Database copied (each test owns its SQLite file); model files hard-linked (never modified)."""
+    """Database, datasets and runs copied (each test owns them); model and artifact files hard-linked
+    (never modified in place)."""
     dest.mkdir(parents=True)
     for src in template.rglob("*"):
         rel = src.relative_to(template)
         target = dest / rel
         if src.is_dir():
             target.mkdir(parents=True, exist_ok=True)
-        elif rel.parts[0] == "models":
+        elif rel.parts[0] in ("models", "artifacts"):
             os.link(src, target)
-        elif src.name.startswith("appliance.db"):
+        elif src.name.startswith("appliance.db") or rel.parts[0] in ("datasets", "runs"):
             shutil.copy2(src, target)
+
+
+FAQ = [{"instruction": f"Where is the {p}?", "output": f"The {p} is on floor {i % 4 + 1}, room {100 + i}."}
+       for i, p in enumerate(["pharmacy", "lab", "x-ray room", "cafeteria", "parking", "front desk"] * 4)]
+FINETUNE_CONFIG = {"max_steps": 6, "cutoff_len": 96, "per_device_train_batch_size": 4, "learning_rate": 2e-3,
+                   "lora_rank": 8, "lora_target": "all", "warmup_ratio": 0.0, "save_steps": 100}
+
+
+def _code_hash() -> str:
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent / "appliance"
+    digest = hashlib.sha256()
+    for f in sorted([*root.glob("trainer/*.py"), *root.glob("export/*.py"), *root.glob("jobs/*.py")]):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def drive_worker(runtime: Runtime, done: object, timeout: float = 600) -> None:
+    from appliance.worker.worker import Worker
+
+    worker = Worker(runtime)
+    deadline = time.monotonic() + timeout
+    while not done():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        worker.run_once()
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def trained_dir(request: pytest.FixtureRequest, template_dir: Path) -> Path:
+    """The template plus the FAQ dataset, a succeeded fine-tuning run (6 steps, LoRA on all linear
+    layers) and its Q8_0 GGUF export. Cached like the template, keyed by the trainer/exporter code."""
+    root = Path(request.config.cache.mkdir(f"trained-data-v{TEMPLATE_VERSION}-{_code_hash()}"))
+    data = root / "data"
+    if (root / "complete").exists():
+        return data
+    shutil.rmtree(data, ignore_errors=True)
+    clone_data_dir(template_dir, data)
+    from samples import jsonl
+
+    runtime = bootstrap(make_settings(data))
+    with TestClient(create_app(runtime=runtime)) as c:
+        c.headers["Authorization"] = "Bearer test-admin-token"
+        ds = c.post("/api/datasets", files={"file": ("faq.jsonl", jsonl(FAQ))}).json()["id"]
+        run = c.post("/api/runs", json={"dataset_id": ds, "base_model_id": BUNDLED_ID, "name": "faq",
+                                        "config": FINETUNE_CONFIG}).json()
+        drive_worker(runtime, lambda: c.get(f"/api/runs/{run['id']}").json()["status"] in ("succeeded", "failed"))
+        assert c.get(f"/api/runs/{run['id']}").json()["status"] == "succeeded"
+        art = c.post("/api/artifacts/export", json={"run_id": run["id"], "type": "q8_0"}).json()
+        drive_worker(runtime, lambda: c.get(f"/api/artifacts/{art['id']}").json()["status"] in ("ready", "failed"))
+        assert c.get(f"/api/artifacts/{art['id']}").json()["status"] == "ready"
+    runtime.engine.dispose()
+    (root / "complete").write_text("ok")
+    return data
 
 
 @pytest.fixture

@@ -9,12 +9,27 @@ from fastapi.testclient import TestClient
 from appliance.api.app import create_app
 from appliance.bootstrap import Runtime
 
+PLACEHOLDERS = {"{dataset_id}": "ds_x", "{model_id}": "m_x", "{run_id}": "r_x", "{artifact_id}": "art_x",
+                "{deployment_id}": "dep_x"}
+
+
+def _fill(path: str) -> str:
+    for name, value in PLACEHOLDERS.items():
+        path = path.replace(name, value)
+    return path
+
+
+def _unfill(path: str) -> str:
+    for name, value in PLACEHOLDERS.items():
+        path = path.replace(value, name)
+    return path
+
 
 def api_routes(runtime: Runtime) -> list[tuple[str, str]]:
     """(method, concrete path) of every /api route, from the app's own OpenAPI document."""
     doc = create_app(runtime=runtime).openapi()
     return [
-        (method.upper(), path.replace("{dataset_id}", "ds_x").replace("{model_id}", "m_x").replace("{run_id}", "r_x"))
+        (method.upper(), _fill(path))
         for path, ops in doc["paths"].items()
         if path.startswith("/api")
         for method in ops
@@ -56,12 +71,13 @@ def test_openapi_describes_every_route(anon: TestClient, runtime: Runtime) -> No
     doc = anon.get("/openapi.json").json()
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for method, path in api_routes(runtime):
-        template = path.replace("ds_x", "{dataset_id}").replace("m_x", "{model_id}").replace("r_x", "{run_id}")
+        template = _unfill(path)
         op = doc["paths"][template][method.lower()]
         assert op.get("summary"), (method, template)
         assert op.get("security"), (method, template)
         ok = next(code for code in op["responses"] if code.startswith("2"))
-        if ok != "204" and not template.endswith(("/download", "/events", "/logs")) and template != "/api/presets":
+        plain = template.endswith(("/download", "/events", "/logs", "/modelfile")) or template == "/api/presets"
+        if ok != "204" and not plain:
             assert "$ref" in str(op["responses"][ok]["content"]["application/json"]["schema"]), template
     upload = doc["paths"]["/api/datasets"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload

@@ -64,3 +64,43 @@ def test_page_logs_in_uploads_and_queues_a_run(server: str, tmp_path: Path) -> N
         browser.close()
     runs = httpx.get(f"{server}/api/runs", headers={"Authorization": "Bearer web-token"}).json()
     assert [(r["status"], r["max_steps"], r["preset"]) for r in runs] == [("queued", 5, "lora-cpu")]
+
+
+def test_page_exports_shows_verification_and_deploys(trained_dir: Path, tmp_path: Path) -> None:
+    from conftest import clone_data_dir
+    from playwright.sync_api import expect, sync_playwright
+
+    data = tmp_path / "data"
+    clone_data_dir(trained_dir, data)
+    with api_server(data, "web-token") as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page()
+        page.goto(base + "/")
+        page.fill("#token", "web-token")
+        page.click("#login-form button")
+        # The trained run's Q8_0 export is listed with its verification figures.
+        q8_row = page.locator("#artifacts tr", has_text="q8_0")
+        expect(q8_row).to_contain_text("ready")
+        expect(q8_row).to_contain_text("top-1")
+        # Queue an export of the fine-tune as q4_k_m: it appears, pending, with a progress bar.
+        page.select_option("#export-source", label="run faq")
+        page.select_option("#export-type", "q4_k_m")
+        page.click("#export-form button")
+        expect(page.locator("#export-result")).to_contain_text("pending")
+        expect(page.locator("#artifacts tr", has_text="q4_k_m")).to_contain_text("pending")
+        # Deploy the ready GGUF: a pending deployment shows up.
+        q8_row.get_by_role("button", name="Deploy").click()
+        expect(page.locator("#deploy-result")).to_contain_text("queued")
+        expect(page.locator("#deployments")).to_contain_text("pending")
+        page.click("#rollback-btn")
+        expect(page.locator("#deploy-result")).to_contain_text("nothing to roll back to")
+        page.screenshot(path=str(tmp_path / "artifacts.png"), full_page=True)
+        browser.close()
+        headers = {"Authorization": "Bearer web-token"}
+        arts = httpx.get(f"{base}/api/artifacts", headers=headers).json()
+        assert [a["status"] for a in arts if a["type"] == "q4_k_m"] == ["pending"]
+        deps = httpx.get(f"{base}/api/deployments", headers=headers).json()
+        assert [d["status"] for d in deps] == ["pending"]

@@ -12,14 +12,14 @@ from fastapi.staticfiles import StaticFiles
 from appliance import __version__
 from appliance.api import errors
 from appliance.api.limits import BodyLimitMiddleware
-from appliance.api.routers import datasets, health, models, runs
+from appliance.api.routers import artifacts, datasets, deployments, health, models, runs
 from appliance.bootstrap import Runtime, bootstrap
 from appliance.settings import Settings
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
-DESCRIPTION = """Control plane of the appliance: base models, datasets (and, as they land, runs,
-artifacts and deployments). Every route under `/api` needs the admin token as
+DESCRIPTION = """Control plane of the appliance: base models, datasets, training runs,
+artifacts (GGUF exports) and deployments. Every route under `/api` needs the admin token as
 `Authorization: Bearer <token>`; `GET /healthz` is open."""
 
 
@@ -34,6 +34,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(datasets.router)
     app.include_router(runs.router)
     app.include_router(runs.presets_router)
+    app.include_router(artifacts.router)
+    app.include_router(deployments.router)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 

@@ -145,3 +145,63 @@ class RunPublic(BaseModel):
             adapter_artifact_id=adapter.first(), created_at=r.created_at, started_at=r.started_at,
             finished_at=r.finished_at,
         )
+
+
+class ArtifactPublic(BaseModel):
+    id: str
+    kind: str = Field(description="adapter, merged, gguf or gguf-adapter")
+    type: str | None = Field(description="GGUF type (f16, q8_0, q4_k_m, ...) or the file format")
+    status: str = Field(description="pending, running, ready or failed")
+    name: str | None
+    run_id: str | None
+    base_model_id: str | None
+    size: int | None
+    sha256: str | None
+    error: str | None
+    verification: dict[str, Any] | None = Field(
+        description="GGUF vs torch on fixed prompts: top1_agreement, next_token_top1, mean_kl, max_kl"
+    )
+    stage: str | None
+    progress: float | None = Field(description="0..1 while exporting")
+    file: str | None = Field(description="File name inside the artifact's folder")
+    modelfile: bool = Field(description="An Ollama Modelfile was generated next to the GGUF")
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, a: Artifact, root: Any = None) -> ArtifactPublic:
+        from pathlib import PurePosixPath
+
+        file = PurePosixPath(a.path).name if a.path else None
+        modelfile = bool(root is not None and a.path and a.kind == "gguf"
+                         and (root / a.path).parent.joinpath("Modelfile").is_file())
+        return cls(
+            id=a.id, kind=a.kind, type=a.type, status=a.status, name=a.name, run_id=a.run_id,
+            base_model_id=a.base_model_id, size=a.size, sha256=a.sha256, error=a.error,
+            verification=json.loads(a.verification_json) if a.verification_json else None, stage=a.stage,
+            progress=a.progress, file=file, modelfile=modelfile, attempts=a.attempts, created_at=a.created_at,
+            finished_at=a.finished_at,
+        )
+
+
+class DeploymentPublic(BaseModel):
+    id: str
+    status: str = Field(description="pending, active, failed or retired")
+    artifact_id: str | None
+    base_model_id: str | None = Field(description="Set when a base model's own GGUF is served")
+    model: str | None = Field(description="The model id kiosks see in /v1/models")
+    strategy: str | None = Field(description="overlap (old and new loaded together) or drain (503 during the gap)")
+    gap_ms: float | None = Field(description="Time without a model during the swap (0 for overlap)")
+    load_ms: float | None
+    smoke_text: str | None = Field(description="What the model answered to the smoke test")
+    error: str | None
+    created_at: datetime
+    activated_at: datetime | None
+    retired_at: datetime | None
+
+    @classmethod
+    def of(cls, d: Any) -> DeploymentPublic:
+        return cls(id=d.id, status=d.status, artifact_id=d.artifact_id, base_model_id=d.base_model_id, model=d.name,
+                   strategy=d.strategy, gap_ms=d.gap_ms, load_ms=d.load_ms, smoke_text=d.smoke_text, error=d.error,
+                   created_at=d.created_at, activated_at=d.activated_at, retired_at=d.retired_at)

@@ -47,7 +47,8 @@ _ALLOWED: dict[type[StrEnum], dict[str, set[str]]] = {
     },
     DeploymentStatus: {
         "pending": {"active", "failed"},
-        "active": {"retired"},
+        # active -> failed: its file could not be loaded when the inference server started.
+        "active": {"retired", "failed"},
         "failed": set(),
         "retired": set(),
     },

@@ -141,6 +141,15 @@ class Artifact(SQLModel, table=True):
     sha256: str | None = None
     error: str | None = None
     verification_json: str | None = None
+    name: str | None = None
+    spec_json: str | None = None  # what an export job was asked to make
+    stage: str | None = None
+    progress: float | None = None
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    worker_pid: int | None = None
+    heartbeat_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -153,8 +162,14 @@ class Deployment(SQLModel, table=True):
     strategy: str | None = None
     gap_ms: float | None = None
     error: str | None = None
+    # A deployment serves an exported artifact, or a base model's own GGUF (artifact_id null).
+    base_model_id: str | None = None
+    name: str | None = None  # the model id kiosks see in /v1/models
+    load_ms: float | None = None
+    smoke_text: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     activated_at: datetime | None = None
+    retired_at: datetime | None = None
 
 
 class Event(SQLModel, table=True):

@@ -71,6 +71,10 @@ class TrainConfig(BaseModel):
         description="Appliance extension: split each batch into forward passes of at most this many (padded) "
         "tokens. The gradient is the same; peak memory falls, at some cost in speed",
     )
+    export_gguf: list[str] = Field(
+        default_factory=list,
+        description="Appliance extension: GGUF types to export when the run succeeds, e.g. [q8_0, q4_k_m]",
+    )
     stage: Literal["sft"] = "sft"
     do_train: Literal[True] = True
     # Accepted, ignored (see IGNORED_KEYS).
@@ -92,6 +96,12 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are exclusive")
+        from appliance.export.quantize import ALL_TYPES
+
+        unknown = [t for t in self.export_gguf if t.lower() not in ALL_TYPES]
+        if unknown:
+            raise ValueError(f"export_gguf: unknown GGUF type(s) {unknown}; choose from {', '.join(ALL_TYPES)}")
+        self.export_gguf = [t.lower() for t in self.export_gguf]
         if self.max_steps is not None and self.max_steps <= 0:
             self.max_steps = None  # LLaMA-Factory's -1 means "use epochs"
         return self

@@ -153,6 +153,94 @@ $("upload-form").onsubmit = async (ev) => {
   }
 };
 
+function size(bytes) { return bytes == null ? "" : `${(bytes / 1e6).toFixed(1)} MB`; }
+
+async function loadArtifacts() {
+  const tbody = $("artifacts"); tbody.replaceChildren();
+  const arts = await api("/api/artifacts");
+  for (const a of arts) {
+    const tr = document.createElement("tr");
+    [a.id, a.kind, a.type || "", a.status].forEach((v) => cell(tr, v));
+    const bar = document.createElement("progress"); bar.max = 1; bar.value = a.progress ?? (a.status === "ready" ? 1 : 0);
+    const prog = cell(tr, ""); prog.append(bar, ` ${a.stage || ""}`);
+    cell(tr, size(a.size));
+    const v = a.verification;
+    cell(tr, v ? `top-1 ${(100 * v.top1_agreement).toFixed(1)}%, KL ${v.mean_kl.toExponential(1)}` : (a.error || ""));
+    cell(tr, a.run_id || a.base_model_id || "");
+    const actions = cell(tr, "");
+    if (a.status === "ready" && a.kind !== "merged") {
+      const link = document.createElement("button"); link.textContent = "Download";
+      link.onclick = () => download(a);
+      actions.append(link);
+    }
+    if (a.status === "ready" && a.kind === "gguf") {
+      const deploy = document.createElement("button"); deploy.textContent = "Deploy";
+      deploy.onclick = async () => {
+        try {
+          const d = await api("/api/deployments", { method: "POST", headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ artifact_id: a.id }) });
+          $("deploy-result").textContent = `deployment ${d.id} queued`;
+        } catch (e) { $("deploy-result").textContent = e.message; }
+        await loadDeployments();
+      };
+      actions.append(" ", deploy);
+    }
+    tbody.appendChild(tr);
+  }
+  return arts;
+}
+
+async function download(a) {
+  // The token goes in a header, so the file is fetched and handed to the browser as a blob.
+  const res = await fetch(`/api/artifacts/${a.id}/download`, { headers: { Authorization: `Bearer ${token()}` } });
+  const url = URL.createObjectURL(await res.blob());
+  const link = document.createElement("a"); link.href = url; link.download = a.file || a.id; link.click();
+  URL.revokeObjectURL(url);
+}
+
+async function loadExportSources(runs, models) {
+  const select = $("export-source"); select.replaceChildren();
+  for (const r of runs.filter((r) => r.status === "succeeded")) select.add(new Option(`run ${r.name || r.id}`, `run:${r.id}`));
+  for (const m of models) select.add(new Option(`base model ${m.id}`, `model:${m.id}`));
+}
+
+$("export-form").onsubmit = async (ev) => {
+  ev.preventDefault();
+  const [what, id] = $("export-source").value.split(/:(.*)/s);
+  const type = $("export-type").value;
+  const body = what === "run" ? { run_id: id } : { base_model_id: id };
+  if (type === "adapter") body.kind = "gguf-adapter"; else body.type = type;
+  try {
+    const a = await api("/api/artifacts/export", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body) });
+    $("export-result").textContent = `export ${a.id}: ${a.status}`;
+  } catch (e) {
+    const errs = (e.body && e.body.errors) || [];
+    $("export-result").textContent = [e.message].concat(errs.map((x) => `${x.field}: ${x.message}`)).join(" · ");
+  }
+  await loadArtifacts();
+};
+
+async function loadDeployments() {
+  const tbody = $("deployments"); tbody.replaceChildren();
+  const deps = await api("/api/deployments");
+  for (const d of deps) {
+    const tr = document.createElement("tr");
+    [d.id, d.status, d.model || "", d.strategy || "", d.gap_ms != null ? `${Math.round(d.gap_ms)} ms` : "",
+     d.activated_at ? `${d.activated_at.slice(0, 19).replace("T", " ")} UTC` : "", d.error || ""].forEach((v) => cell(tr, v));
+    tbody.appendChild(tr);
+  }
+  return deps;
+}
+
+$("rollback-btn").onclick = async () => {
+  try {
+    const d = await api("/api/deployments/rollback", { method: "POST" });
+    $("deploy-result").textContent = `rolling back: deployment ${d.id} queued`;
+  } catch (e) { $("deploy-result").textContent = e.message; }
+  await loadDeployments();
+};
+
 $("login-form").onsubmit = async (ev) => {
   ev.preventDefault();
   localStorage.setItem("applianceToken", $("token").value.trim());
@@ -164,13 +252,17 @@ async function start() {
   fetch("/healthz").then((r) => r.json()).then((h) => { $("health").textContent = `v${h.version} · ${h.status}`; });
   if (!token()) return showLogin();
   try {
-    await Promise.all([loadModels(), loadDatasets(), loadRuns()]);
+    const [models, , runs] = await Promise.all([api("/api/models"), loadDatasets(), loadRuns(), loadModels(),
+      loadArtifacts(), loadDeployments()]);
+    await loadExportSources(runs, models);
     $("login").hidden = true; $("app").hidden = false; $("logout").hidden = false;
-    // Live progress: refresh the runs table every 2 s while any run is queued or running.
+    // Live progress: refresh a table every 2 s while something in it is still moving.
+    const busy = (id, column, states) => Array.from($(id).rows).some((tr) => states.includes(tr.cells[column].textContent));
     setInterval(async () => {
       if (!token() || $("app").hidden) return;
-      const runs = Array.from($("runs").rows).some((tr) => ["queued", "running"].includes(tr.cells[1].textContent));
-      if (runs) await loadRuns();
+      if (busy("runs", 1, ["queued", "running"])) await loadExportSources(await loadRuns(), models);
+      if (busy("artifacts", 3, ["pending", "running"])) await loadArtifacts();
+      if (busy("deployments", 1, ["pending"])) { await loadDeployments(); }
     }, 2000);
   } catch (e) { if (e.message !== "unauthorized") showLogin(e.message); }
 }

@@ -25,8 +25,8 @@ from typing import IO, Any
 from sqlmodel import Session
 
 from appliance.bootstrap import Runtime
-from appliance.db.tables import Run
-from appliance.jobs import runs
+from appliance.db.tables import Artifact, Run
+from appliance.jobs import exports, runs
 from appliance.trainer.allocator import training_env
 from appliance.trainer.config import TrainConfig
 
@@ -40,9 +40,12 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Job:
-    run_id: str
+    run_id: str  # the run's id, or the artifact's for an export
     proc: subprocess.Popen[str]
     keep: int
+    kind: str = "run"  # run | export
+    stage: str | None = None
+    progress: float | None = None
     lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     done: dict[str, Any] | None = None
     error: str | None = None
@@ -74,8 +77,45 @@ class Worker:
                     did.append(f"{run.id} failed to start: {exc}")
                     return did
                 did.append(f"started {run.id} (child pid {self.job.proc.pid})")
+                return did
+            did += [f"re-queued export {a}" for a in exports.reclaim_stale(
+                engine=self.rt.engine, paths=self.rt.paths, stale_after_s=self.rt.settings.worker_stale_after_s)]
+            art = exports.claim_next(engine=self.rt.engine, pid=os.getpid())
+            if art is not None:
+                try:
+                    self.job = self._start_export(art)
+                except Exception as exc:
+                    exports.finish(engine=self.rt.engine, paths=self.rt.paths, artifact_id=art.id, ok=False,
+                                   error=f"could not start the export: {exc}")
+                    did.append(f"export {art.id} failed to start: {exc}")
+                    return did
+                did.append(f"started export {art.id} (child pid {self.job.proc.pid})")
             return did
         return self._watch(self.job)
+
+    def _start_export(self, art: Artifact) -> Job:
+        rt = self.rt
+        spec = exports.spec_for(engine=rt.engine, paths=rt.paths, art=art)
+        work = Path(spec["work_dir"])
+        shutil.rmtree(work, ignore_errors=True)  # a killed attempt's leftovers
+        work.mkdir(parents=True)
+        logs = rt.paths.root / "logs"
+        logs.mkdir(exist_ok=True)
+        spec_file = rt.paths.tmp / f"export-{art.id}.json"
+        spec_file.write_text(json.dumps(spec, indent=2))
+        log = open(logs / f"export-{art.id}.log", "a")  # noqa: SIM115  (the child owns it until it exits)
+        log.write(f"--- attempt {art.attempts}: {art.kind} {art.type}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.export", str(spec_file)],
+            stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=_die_with_parent,
+            env={**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        )
+        log.close()
+        job = Job(art.id, proc, 0, kind="export")
+        assert proc.stdout is not None
+        threading.Thread(target=_pump, args=(proc.stdout, job.lines), daemon=True).start()
+        return job
 
     def _start(self, run: Run) -> Job:
         rt = self.rt
@@ -128,7 +168,9 @@ class Worker:
             except json.JSONDecodeError:
                 continue
             kind = msg.get("type")
-            if kind == "metric":
+            if kind == "progress":
+                job.stage, job.progress = msg.get("stage"), msg.get("progress")
+            elif kind == "metric":
                 runs.record_metric(engine=self.rt.engine, run_id=job.run_id, metric=msg)
             elif kind == "checkpoint":
                 runs.record_checkpoint(engine=self.rt.engine, paths=self.rt.paths, run_id=job.run_id,
@@ -137,13 +179,16 @@ class Worker:
                 job.done = msg
             elif kind == "error":
                 job.error = msg["message"]
+                job.done = msg if job.kind == "export" and msg.get("verification") else job.done
 
     def _watch(self, job: Job) -> list[str]:
         ended = self._relay(job)
         now = time.monotonic()
         if now - job.last_beat >= HEARTBEAT_S and job.proc.poll() is None:
             job.last_beat = now
-            if runs.heartbeat(engine=self.rt.engine, run_id=job.run_id) != "running":
+            if job.kind == "export":
+                exports.heartbeat(engine=self.rt.engine, artifact_id=job.run_id, stage=job.stage, progress=job.progress)
+            elif runs.heartbeat(engine=self.rt.engine, run_id=job.run_id) != "running":
                 self._stop_child(job)
                 return [f"stopped {job.run_id}: no longer running (cancelled)"]
         if job.proc.poll() is None or not ended:
@@ -163,21 +208,42 @@ class Worker:
     def _finish(self, job: Job) -> str:
         code = job.proc.wait()
         self.job = None
+        if job.kind == "export":
+            ok = code == 0 and job.done is not None and job.error is None
+            reason = job.error or (self._crash_reason(job.run_id, code) if not ok else None)
+            status = exports.finish(engine=self.rt.engine, paths=self.rt.paths, artifact_id=job.run_id, ok=ok,
+                                    result=job.done, error=reason)
+            (self.rt.paths.tmp / f"export-{job.run_id}.json").unlink(missing_ok=True)
+            return f"export {job.run_id} ended: {status} (exit {code})"
         if code == 0 and job.done is not None:
             status = runs.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=job.run_id, ok=True,
                                      result=job.done, adapter=Path(job.done["adapter"]))
+            self._queue_exports(job.run_id)
         else:
             reason = job.error or self._crash_reason(job.run_id, code)
             status = runs.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=job.run_id, ok=False,
                                      error=reason)
         return f"{job.run_id} ended: {status} (exit {code})"
 
+    def _queue_exports(self, run_id: str) -> None:
+        """Exports the run's config asks for (`export_gguf`), queued behind it."""
+        with Session(self.rt.engine) as session:
+            run = session.get(Run, run_id)
+            wanted = TrainConfig.model_validate_json(run.config_json).export_gguf if run is not None else []
+        for out_type in wanted:
+            try:
+                exports.request_export(engine=self.rt.engine, paths=self.rt.paths, run_id=run_id, out_type=out_type)
+            except Exception as exc:  # the run itself succeeded; say why the export was not queued
+                print(f"[worker] {run_id}: could not queue the {out_type} export: {exc}", file=sys.stderr, flush=True)
+
     def _crash_reason(self, run_id: str, code: int) -> str:
+        what = "export" if run_id.startswith("art_") else "training"
         if code == -signal.SIGKILL:
-            return "the training process was killed (SIGKILL); most often the system ran out of memory"
-        log = self.rt.paths.run_dir(run_id) / "train.log"
+            return f"the {what} process was killed (SIGKILL); most often the system ran out of memory"
+        log = (self.rt.paths.root / "logs" / f"export-{run_id}.log" if what == "export"
+               else self.rt.paths.run_dir(run_id) / "train.log")
         tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-        return f"the training process exited with {code}: " + " | ".join(tail)
+        return f"the {what} process exited with {code}: " + " | ".join(tail)
 
     def run_forever(self) -> None:
         stopping = False
@@ -193,6 +259,9 @@ class Worker:
                 print(f"[worker] {line}", file=sys.stderr, flush=True)
             time.sleep(0.2 if self.job else self.rt.settings.worker_poll_s)
         if self.job is not None:
-            run_id = self.job.run_id
-            self._stop_child(self.job)
-            runs.requeue(engine=self.rt.engine, run_id=run_id, reason="worker stopped; will resume")
+            job = self.job
+            self._stop_child(job)
+            if job.kind == "export":
+                exports.requeue(engine=self.rt.engine, artifact_id=job.run_id, reason="worker stopped; will restart")
+            else:
+                runs.requeue(engine=self.rt.engine, run_id=job.run_id, reason="worker stopped; will resume")

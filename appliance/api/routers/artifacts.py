@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import FileResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from sqlmodel import Session
+
+from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
+from appliance.api.schemas import ArtifactPublic
+from appliance.errors import NotFoundError
+from appliance.export.quantize import ALL_TYPES
+from appliance.jobs import exports
+
+router = APIRouter(prefix="/api/artifacts", tags=["artifacts"], dependencies=[AdminDep])
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing or wrong admin token"},
+                                           404: {"description": "No such artifact"}}
+
+
+class ExportRequest(BaseModel):
+    run_id: str | None = Field(None, description="Export a succeeded run (its adapter merged into the base)")
+    base_model_id: str | None = Field(None, description="Or export a base model as it is")
+    type: str | None = Field(None, description=f"GGUF type, default q8_0: one of {', '.join(ALL_TYPES)}; "
+                                               "for kind gguf-adapter f32 (default) or f16")
+    kind: str = Field("gguf", description="gguf (a whole model) or gguf-adapter (the LoRA alone, for lora_path)")
+
+
+@router.post("/export", response_model=ArtifactPublic, status_code=status.HTTP_202_ACCEPTED,
+             summary="Queue a GGUF export; the worker makes it",
+             responses={422: {"description": "Run not succeeded, adapter missing or corrupt, unknown type or "
+                                             "unsupported architecture"}, **ERRORS})
+def export(body: ExportRequest, runtime: RuntimeDep) -> ArtifactPublic:
+    art, _created = exports.request_export(engine=runtime.engine, paths=runtime.paths, run_id=body.run_id,
+                                           base_model_id=body.base_model_id, out_type=body.type, kind=body.kind)
+    with Session(runtime.engine) as session:
+        return ArtifactPublic.of(exports.get_artifact(session, art.id), runtime.paths.root)
+
+
+@router.get("", response_model=list[ArtifactPublic], summary="List artifacts, newest first", responses=ERRORS)
+def list_(session: SessionDep, runtime: RuntimeDep, kind: str | None = Query(None), run_id: str | None = Query(None),
+          ) -> list[ArtifactPublic]:
+    return [ArtifactPublic.of(a, runtime.paths.root) for a in exports.list_artifacts(session, kind=kind, run_id=run_id)]
+
+
+@router.get("/{artifact_id}", response_model=ArtifactPublic, summary="One artifact", responses=ERRORS)
+def show(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> ArtifactPublic:
+    return ArtifactPublic.of(exports.get_artifact(session, artifact_id), runtime.paths.root)
+
+
+@router.get("/{artifact_id}/download", summary="Download the file (range requests supported)",
+            response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       206: {"description": "Partial content"},
+                       409: {"description": "Not ready, or a folder"}, **ERRORS})
+def download(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> FileResponse:
+    art = exports.get_artifact(session, artifact_id)
+    path = exports.file_of(paths=runtime.paths, art=art)
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name,
+                        headers={"X-Checksum-Sha256": art.sha256 or ""})
+
+
+@router.get("/{artifact_id}/modelfile", summary="The Ollama Modelfile generated next to a GGUF",
+            response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}, **ERRORS})
+def modelfile(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> PlainTextResponse:
+    art = exports.get_artifact(session, artifact_id)
+    path = exports.file_of(paths=runtime.paths, art=art).parent / "Modelfile"
+    if art.kind != "gguf" or not path.is_file():
+        raise NotFoundError(f"artifact {artifact_id} has no Modelfile")
+    return PlainTextResponse(path.read_text())
+
+
+@router.delete("/{artifact_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an artifact and its files",
+               responses={409: {"description": "Running, deployed, or a run's adapter"}, **ERRORS})
+def delete(artifact_id: str, runtime: RuntimeDep) -> Response:
+    exports.delete_artifact(engine=runtime.engine, paths=runtime.paths, artifact_id=artifact_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,5 @@
+import sys
+
+from appliance.export.job import main
+
+sys.exit(main(sys.argv[1:]))

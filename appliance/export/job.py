@@ -1,0 +1,145 @@
+"""The export child: `python -m appliance.export SPEC.json`. Like the trainer child, it speaks JSON
+lines on stdout (progress, done, error) and writes only inside its work folder; the worker moves
+the files into `artifacts/` and records them once the child has said `done`.
+
+Spec keys: artifact_id, kind (gguf | gguf-adapter), type, name, work_dir, base_hf_dir, and for a
+run's export adapter_dir and merged_dir (a merged folder already on disk, reused when present).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError
+
+
+def emit(kind: str, **fields: Any) -> None:
+    print(json.dumps({"type": kind, **fields}), flush=True)
+
+
+class Reporter:
+    """Progress over the whole job: stages have fixed shares of the bar."""
+
+    def __init__(self, stages: list[tuple[str, float]]) -> None:
+        self.stages = stages
+        self.last = 0.0
+
+    def __call__(self, stage: str, fraction: float, detail: str = "") -> None:
+        start = 0.0
+        for name, share in self.stages:
+            if name == stage:
+                value = start + share * min(max(fraction, 0.0), 1.0)
+                now = time.monotonic()
+                if fraction >= 1.0 or now - self.last > 0.5:
+                    self.last = now
+                    emit("progress", stage=stage, progress=round(value, 4), detail=detail)
+                return
+            start += share
+
+
+def _limit_file_size() -> None:
+    # Fault injection for tests: a file-size limit makes writes fail like a full disk does.
+    limit = os.environ.get("APPLIANCE_FAULT_EXPORT_MAX_FILE_BYTES")
+    if limit:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    from appliance.export import merge, verify
+    from appliance.export.adapter import write_adapter_gguf
+    from appliance.export.gguf_write import DIRECT_TYPES, write_gguf
+    from appliance.export.modelfile import render_modelfile
+    from appliance.export.quantize import quantize
+
+    work = Path(spec["work_dir"])
+    base_hf = Path(spec["base_hf_dir"])
+    adapter = Path(spec["adapter_dir"]) if spec.get("adapter_dir") else None
+    kind, out_type, name = spec["kind"], spec["type"], spec["name"]
+    result: dict[str, Any] = {"files": []}
+
+    if kind == "gguf-adapter":
+        assert adapter is not None
+        report = Reporter([("write", 0.1), ("merge", 0.3), ("verify", 0.6)])
+        out = work / f"{name}.lora.{out_type}.gguf"
+        result["summary"] = write_adapter_gguf(adapter, base_hf, out, name=name, out_type=out_type)
+        report("write", 1.0)
+        model = merge.merge(base_hf, adapter)
+        report("merge", 0.5)
+        base_f16 = work / "verify-base.f16.gguf"  # the adapter is checked on an exact base
+        write_gguf(base_hf, base_f16, "f16", name=name + " base")
+        report("merge", 1.0)
+        ids = verify.prompt_tokens(base_hf)
+        figures = verify.compare(verify.torch_logits(model, ids), verify.gguf_logits(base_f16, ids, lora_path=out))
+        base_f16.unlink()
+        figures["checked_on"] = "an f16 GGUF of the base model with this adapter applied (lora_path)"
+        report("verify", 1.0)
+        result.update(main=out.name, files=[out.name], verification=figures,
+                      failure=verify.verdict("f16", figures))
+        return result
+
+    direct = out_type in DIRECT_TYPES
+    report = Reporter([("merge", 0.25), ("write", 0.35 if direct else 0.2), ("quantize", 0.0 if direct else 0.15),
+                       ("verify", 0.4)])
+    merged_dir = Path(spec["merged_dir"]) if spec.get("merged_dir") else None
+    if adapter is not None and merged_dir is None:
+        model = merge.merge(base_hf, adapter)
+        src = work / "merged"
+        merge.save_merged(model, base_hf, src)
+        result["merged"] = "merged"
+    else:
+        src = merged_dir or base_hf
+        model = merge.load_base(src)
+    report("merge", 1.0)
+    out = work / f"{name}.{out_type}.gguf"
+    target = out if direct else work / f"{name}.f16-intermediate.gguf"
+    write_gguf(src, target, out_type if direct else "f16", name=name,
+               progress=lambda f, t: report("write", f, t))
+    if not direct:
+        quantize(target, out, out_type)
+        target.unlink()
+        report("quantize", 1.0)
+    ids = verify.prompt_tokens(src)
+    figures = verify.compare(verify.torch_logits(model, ids), verify.gguf_logits(out, ids))
+    report("verify", 1.0)
+    (work / "Modelfile").write_text(render_modelfile(out.name, src))
+    result.update(main=out.name, files=[out.name, "Modelfile"], verification=figures,
+                  failure=verify.verdict(out_type, figures))
+    return result
+
+
+def describe(exc: BaseException) -> str:
+    # numpy's tofile reports a short write without an errno ("N requested and M written").
+    short_write = isinstance(exc, OSError) and exc.errno is None and "requested and" in str(exc)
+    if isinstance(exc, OSError) and (short_write or exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"no space left on the device{where} ({exc.strerror or exc}); nothing was kept"
+    if isinstance(exc, ApplianceError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    _limit_file_size()
+    try:
+        result = run(spec)
+    except BaseException as exc:  # noqa: BLE001  (any failure must reach the worker as a message)
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        emit("error", message=describe(exc))
+        return 1
+    if result.get("failure"):
+        emit("error", message=result["failure"], verification=result.get("verification"))
+        return 1
+    emit("done", **result)
+    return 0

@@ -1,0 +1,122 @@
+"""Loaded models and the one thread each that may touch them.
+
+A llama.cpp context is not thread-safe, so every model lives in a `Slot`: a bounded queue and a
+single thread that runs one generation at a time. Request handlers only enqueue (a full queue is an
+immediate refusal, never a hang) and read results from an asyncio queue the thread feeds.
+
+Swapping models is switching which slot new requests go to. A retired slot stops accepting, its
+thread finishes what was already queued (in-flight requests end on the old model), then closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.inference.metrics import Metrics
+
+END = object()
+
+
+@dataclass
+class ModelInfo:
+    key: str  # deployment id, or "base:<model id>" when no deployment exists
+    name: str  # what /v1/models shows
+    path: Path
+    size: int
+    deployment_id: str | None = None
+    artifact_id: str | None = None
+
+
+@dataclass
+class Job:
+    """One request: `call(llm)` returns a result or, when streaming, an iterator of chunks."""
+
+    call: Callable[[Any], Any]
+    stream: bool
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued: float = field(default_factory=time.monotonic)
+
+    def send(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+class Slot:
+    def __init__(self, info: ModelInfo, llm: Any, queue_size: int, metrics: Metrics) -> None:
+        self.info, self.llm, self.metrics = info, llm, metrics
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
+        self.accepting = True
+        self.busy = False
+        self.thread = threading.Thread(target=self._loop, name=f"model-{info.key}", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> str:
+        """'ok', 'full' (queue full) or 'retired' (this slot stopped accepting; use the new one)."""
+        with self._lock:
+            if not self.accepting:
+                return "retired"
+            try:
+                self.jobs.put_nowait(job)
+            except queue.Full:
+                return "full"
+        self.metrics.queue_depth.set(self.jobs.qsize())
+        return "ok"
+
+    def depth(self) -> int:
+        return self.jobs.qsize() + (1 if self.busy else 0)
+
+    def retire(self) -> None:
+        """Stop accepting; queued jobs still run; then the model is closed."""
+        with self._lock:
+            self.accepting = False
+        self.jobs.put(None)  # blocks only while the queue is full, i.e. until a job starts
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            job = self.jobs.get()
+            self.metrics.queue_depth.set(self.jobs.qsize())
+            if job is None:
+                break
+            if job.cancelled.is_set():
+                continue
+            self.busy = True
+            try:
+                self._run(job)
+            finally:
+                self.busy = False
+        self.llm.close()
+
+    def _run(self, job: Job) -> None:
+        try:
+            result = job.call(self.llm)
+            if not job.stream:
+                job.send(result)
+                return
+            for chunk in _iterate(result):
+                if job.cancelled.is_set():  # the client went away: stop generating for it
+                    break
+                job.send(chunk)
+            job.send(END)
+        except Exception as exc:  # noqa: BLE001  (the request gets the error; the thread lives on)
+            job.send(exc)
+
+
+def _iterate(result: Any) -> Iterator[Any]:
+    try:
+        yield from result
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()

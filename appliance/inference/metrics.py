@@ -1,0 +1,89 @@
+"""Prometheus text exposition, without a client library: a few counters, gauges and summaries."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                     for k, v in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+class _Metric:
+    kind = "untyped"
+
+    def __init__(self, name: str, help_: str) -> None:
+        self.name, self.help = name, help_
+        self._values: dict[tuple[tuple[str, str], ...], float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        with self._lock:
+            for key, value in sorted(self._values.items()):
+                lines.append(f"{self.name}{_labels(dict(key))} {value:.6g}")
+        return lines
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        with self._lock:
+            self._values[tuple(sorted(labels.items()))] += amount
+
+
+class Gauge(_Metric):
+    kind = "gauge"
+
+    def set(self, value: float, **labels: str) -> None:
+        with self._lock:
+            self._values[tuple(sorted(labels.items()))] = value
+
+    def replace(self, value: float, **labels: str) -> None:
+        """Set this label set as the only one (e.g. the active model)."""
+        with self._lock:
+            self._values.clear()
+            self._values[tuple(sorted(labels.items()))] = value
+
+
+class Summary(_Metric):
+    kind = "summary"
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self._values[(("_", "sum"),)] += value
+            self._values[(("_", "count"),)] += 1
+
+    def render(self) -> list[str]:
+        with self._lock:
+            total, count = self._values[(("_", "sum"),)], self._values[(("_", "count"),)]
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} summary",
+                f"{self.name}_sum {total:.6g}", f"{self.name}_count {count:.6g}"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests = Counter("appliance_inference_requests_total", "Requests by endpoint and status code")
+        self.errors = Counter("appliance_inference_errors_total", "Requests that failed (4xx/5xx) by reason")
+        self.queue_depth = Gauge("appliance_inference_queue_depth", "Requests waiting for the model")
+        self.tokens = Counter("appliance_inference_generated_tokens_total", "Tokens generated")
+        self.generation_seconds = Counter("appliance_inference_generation_seconds_total",
+                                          "Seconds spent generating (tokens/s = tokens / seconds)")
+        self.tokens_per_s = Gauge("appliance_inference_tokens_per_second", "Generation speed of the last request")
+        self.ttft = Summary("appliance_inference_time_to_first_token_seconds", "Time to first token")
+        self.active = Gauge("appliance_inference_active_model", "The model being served (value 1)")
+        self.swaps = Counter("appliance_inference_swaps_total", "Model swaps by strategy and result")
+        self.swap_gap = Gauge("appliance_inference_last_swap_gap_seconds", "Time without a model in the last swap")
+
+    def render(self) -> str:
+        out: list[str] = []
+        for m in (self.requests, self.errors, self.queue_depth, self.tokens, self.generation_seconds,
+                  self.tokens_per_s, self.ttft, self.active, self.swaps, self.swap_gap):
+            out += m.render()
+        return "\n".join(out) + "\n"

@@ -1,0 +1,150 @@
+"""Deployments: which model the inference server should serve. The control plane only records the
+wish (a `pending` deployment); the inference process reconciles to it from SQLite, loads and
+smoke-tests the model, and records the outcome (`active`, the previous one `retired`; or `failed`
+with the reason while the old model keeps serving). No call between the processes is needed, so
+a restart of either side changes nothing.
+
+The target is the newest deployment that is pending or active. Until any exists, the bundled base
+model is served.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from appliance.db import events
+from appliance.db.engine import write_session
+from appliance.db.status import ArtifactStatus, DeploymentStatus, transition
+from appliance.db.tables import Artifact, Deployment, ModelRecord
+from appliance.errors import ConflictError, InputProblem, InvalidInputError, NotFoundError
+from appliance.paths import Paths
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _bad(field: str, message: str) -> InvalidInputError:
+    return InvalidInputError("request", [InputProblem(None, field, message)])
+
+
+def _move(session: Session, dep: Deployment, new: DeploymentStatus, message: str) -> None:
+    dep.status = transition(DeploymentStatus(dep.status), new)
+    events.record(session, kind=f"deployment.{new}", entity_type="deployment", entity_id=dep.id, message=message)
+
+
+def get_deployment(session: Session, deployment_id: str) -> Deployment:
+    dep = session.get(Deployment, deployment_id)
+    if dep is None:
+        raise NotFoundError(f"no deployment with id {deployment_id!r}")
+    return dep
+
+
+def list_deployments(session: Session) -> list[Deployment]:
+    return list(session.exec(select(Deployment).order_by(col(Deployment.created_at).desc(), col(Deployment.id))))
+
+
+def model_file(
+    session: Session, paths: Paths, *, artifact_id: str | None, base_model_id: str | None
+) -> tuple[Path, str]:
+    """(GGUF path, model name kiosks see) for what a deployment serves."""
+    if artifact_id is not None:
+        art = session.get(Artifact, artifact_id)
+        if art is None:
+            raise NotFoundError(f"no artifact with id {artifact_id!r}")
+        if art.kind != "gguf":
+            raise _bad("artifact_id", f"artifact {artifact_id} is a {art.kind}; only a GGUF model can be deployed")
+        if art.status != ArtifactStatus.ready or art.path is None:
+            raise _bad("artifact_id", f"artifact {artifact_id} is {art.status}; only a ready artifact can be deployed")
+        path = paths.resolve(art.path)
+        return path, path.name.removesuffix(".gguf")
+    model = session.get(ModelRecord, base_model_id)
+    if model is None:
+        raise NotFoundError(f"no base model with id {base_model_id!r}")
+    if model.gguf_path is None:
+        raise _bad("base_model_id", f"model {model.id} has no GGUF file; export it first")
+    return paths.resolve(model.gguf_path), model.id
+
+
+def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None = None,
+                       base_model_id: str | None = None, reason: str = "requested") -> Deployment:
+    if (artifact_id is None) == (base_model_id is None):
+        raise _bad("artifact_id", "give exactly one of artifact_id or base_model_id")
+    with write_session(engine) as session:
+        path, name = model_file(session, paths, artifact_id=artifact_id, base_model_id=base_model_id)
+        if not path.is_file():
+            raise _bad("artifact_id", f"the model file {path.name} is missing from the data directory")
+        dep = Deployment(id=f"dep_{uuid.uuid4().hex[:12]}", artifact_id=artifact_id, base_model_id=base_model_id,
+                         name=name, status="pending")
+        session.add(dep)
+        events.record(session, kind="deployment.requested", entity_type="deployment", entity_id=dep.id,
+                      message=f"{reason}: {name}")
+        session.flush()
+        session.expunge(dep)
+        return dep
+
+
+def rollback(*, engine: Engine, paths: Paths) -> Deployment:
+    """Deploy again what was active before the current deployment."""
+    with Session(engine) as session:
+        active = current(session)
+        history = session.exec(
+            select(Deployment).where(Deployment.status == DeploymentStatus.retired)
+            .order_by(col(Deployment.activated_at).desc())
+        ).all()
+    previous = next((d for d in history if active is None or (d.artifact_id, d.base_model_id) !=
+                     (active.artifact_id, active.base_model_id)), None)
+    if previous is None:
+        raise ConflictError("nothing to roll back to: no earlier deployment was ever active")
+    return request_deployment(engine=engine, paths=paths, artifact_id=previous.artifact_id,
+                              base_model_id=previous.base_model_id if previous.artifact_id is None else None,
+                              reason=f"rollback from {active.id if active else '-'} to {previous.id}'s model")
+
+
+def current(session: Session) -> Deployment | None:
+    return session.exec(select(Deployment).where(Deployment.status == DeploymentStatus.active)
+                        .order_by(col(Deployment.activated_at).desc())).first()
+
+
+def target(session: Session) -> Deployment | None:
+    """What the inference server should serve: the newest pending or active deployment."""
+    return session.exec(
+        select(Deployment).where(col(Deployment.status).in_([DeploymentStatus.pending, DeploymentStatus.active]))
+        .order_by(col(Deployment.created_at).desc(), col(Deployment.id).desc())
+    ).first()
+
+
+# --- outcomes, recorded by the inference process -------------------------------------------------
+
+
+def mark_active(*, engine: Engine, deployment_id: str, strategy: str, gap_ms: float, load_ms: float,
+                smoke_text: str) -> None:
+    with write_session(engine) as session:
+        dep = get_deployment(session, deployment_id)
+        for other in session.exec(select(Deployment).where(Deployment.status == DeploymentStatus.active)):
+            if other.id != deployment_id:
+                other.retired_at = _now()
+                _move(session, other, DeploymentStatus.retired, f"replaced by {deployment_id}")
+        # Older pending deployments were overtaken by this one: they will never be served.
+        for stale in session.exec(select(Deployment).where(Deployment.status == DeploymentStatus.pending)):
+            if stale.id != deployment_id and stale.created_at <= dep.created_at:
+                stale.error = f"superseded by {deployment_id} before it was loaded"
+                _move(session, stale, DeploymentStatus.failed, stale.error)
+        if dep.status == DeploymentStatus.pending:
+            dep.strategy, dep.gap_ms, dep.load_ms, dep.smoke_text = strategy, gap_ms, load_ms, smoke_text[:500]
+            dep.activated_at = _now()
+            _move(session, dep, DeploymentStatus.active,
+                  f"serving {dep.name} ({strategy}, load {load_ms:.0f} ms, gap {gap_ms:.0f} ms)")
+
+
+def mark_failed(*, engine: Engine, deployment_id: str, error: str) -> None:
+    with write_session(engine) as session:
+        dep = get_deployment(session, deployment_id)
+        if dep.status in (DeploymentStatus.pending, DeploymentStatus.active):
+            dep.error = error
+            _move(session, dep, DeploymentStatus.failed, error)

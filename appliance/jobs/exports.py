@@ -1,0 +1,327 @@
+"""Export jobs and the artifacts table: request (everything knowable up front is checked here, so a
+bad request is a 422 at once and records nothing), claim, progress, finish, delete.
+
+An export is restartable from scratch, so a worker that died mid-export simply leaves it to be
+claimed again; its half-written work folder is removed first. Files reach `artifacts/<id>/` only by
+a rename of the complete work folder, after the child said `done` and passed verification.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from appliance import fsutil
+from appliance.db import events
+from appliance.db.engine import write_session
+from appliance.db.status import ArtifactStatus, RunStatus, transition
+from appliance.db.tables import Artifact, Deployment, ModelRecord, Run
+from appliance.errors import ConflictError, InputProblem, InvalidInputError, NotFoundError
+from appliance.paths import Paths
+
+KINDS = ("adapter", "merged", "gguf", "gguf-adapter")
+ADAPTER_TYPES = ("f32", "f16")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _bad(field: str, message: str) -> InvalidInputError:
+    return InvalidInputError("request", [InputProblem(None, field, message)])
+
+
+def get_artifact(session: Session, artifact_id: str) -> Artifact:
+    art = session.get(Artifact, artifact_id)
+    if art is None:
+        raise NotFoundError(f"no artifact with id {artifact_id!r}")
+    return art
+
+
+def list_artifacts(session: Session, *, kind: str | None = None, run_id: str | None = None) -> list[Artifact]:
+    query = select(Artifact).order_by(col(Artifact.created_at).desc())
+    if kind:
+        query = query.where(Artifact.kind == kind)
+    if run_id:
+        query = query.where(Artifact.run_id == run_id)
+    return list(session.exec(query))
+
+
+def _move(session: Session, art: Artifact, new: ArtifactStatus, message: str) -> None:
+    art.status = transition(ArtifactStatus(art.status), new)
+    events.record(session, kind=f"artifact.{new}", entity_type="artifact", entity_id=art.id, message=message)
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, base_model_id: str | None = None,
+                   out_type: str | None = None, kind: str = "gguf") -> tuple[Artifact, bool]:
+    """Queue an export. Returns (artifact, created): the same export already pending, running or
+    ready is returned instead of being made twice."""
+    from appliance.export.gguf_write import ExportError, open_hf
+    from appliance.export.quantize import check_type
+
+    if (run_id is None) == (base_model_id is None):
+        raise _bad("run_id", "give exactly one of run_id or base_model_id")
+    if kind not in ("gguf", "gguf-adapter"):
+        raise _bad("kind", f"kind must be 'gguf' or 'gguf-adapter', not {kind!r}")
+    if kind == "gguf-adapter":
+        out_type = (out_type or "f32").lower()
+        if out_type not in ADAPTER_TYPES:
+            raise _bad("type", f"a GGUF adapter is f32 or f16, not {out_type!r}")
+        if run_id is None:
+            raise _bad("run_id", "a GGUF adapter is exported from a run")
+    else:
+        try:
+            out_type = check_type(out_type or "q8_0")
+        except ExportError as exc:
+            raise _bad("type", str(exc)) from exc
+    with Session(engine) as session:
+        adapter_dir: Path | None = None
+        if run_id is not None:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise NotFoundError(f"no run with id {run_id!r}")
+            if run.status != RunStatus.succeeded:
+                raise _bad("run_id", f"run {run_id} is {run.status}; only a succeeded run can be exported")
+            adapter = session.exec(
+                select(Artifact).where(Artifact.run_id == run_id, Artifact.kind == "adapter")).first()
+            if adapter is None or adapter.path is None:
+                raise _bad("run_id", f"run {run_id} has no adapter artifact")
+            adapter_dir = paths.resolve(adapter.path)
+            _check_adapter(adapter_dir, adapter.sha256)
+            base_model_id = run.base_model_id
+            name = run.name or run_id
+        model = session.get(ModelRecord, base_model_id)
+        if model is None:
+            raise NotFoundError(f"no base model with id {base_model_id!r}")
+        if model.hf_path is None:
+            raise _bad("base_model_id", f"model {model.id} has no full-precision (HF) copy to export from")
+        try:
+            open_hf(paths.resolve(model.hf_path))
+        except ExportError as exc:
+            raise _bad("base_model_id", str(exc)) from exc
+        if run_id is None:
+            name = model.id
+    with write_session(engine) as session:
+        same = session.exec(
+            select(Artifact).where(Artifact.kind == kind, Artifact.type == out_type, Artifact.run_id == run_id,
+                                   Artifact.base_model_id == base_model_id,
+                                   col(Artifact.status).in_(["pending", "running", "ready"]))
+        ).first()
+        if same is not None:
+            return same, False
+        art = Artifact(id=f"art_{uuid.uuid4().hex[:12]}", kind=kind, type=out_type, status="pending", run_id=run_id,
+                       base_model_id=base_model_id, name=name, progress=0.0, stage="queued",
+                       spec_json=json.dumps({"adapter_dir": str(adapter_dir) if adapter_dir else None}))
+        session.add(art)
+        events.record(session, kind="artifact.requested", entity_type="artifact", entity_id=art.id,
+                      message=f"{kind} {out_type} export of {run_id or base_model_id} queued")
+        session.flush()
+        session.expunge(art)
+    return art, True
+
+
+def _check_adapter(adapter_dir: Path, sha256: str | None) -> None:
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not (adapter_dir / "adapter_config.json").is_file() or not weights.is_file():
+        raise _bad("run_id", f"the run's adapter is missing from {adapter_dir}")
+    if sha256 and fsutil.sha256_file(weights) != sha256:
+        raise _bad("run_id", f"the run's adapter {weights} does not match its recorded sha256 (corrupt)")
+
+
+# --- the queue --------------------------------------------------------------------------------
+
+
+def claim_next(*, engine: Engine, pid: int) -> Artifact | None:
+    with write_session(engine) as session:
+        art = session.exec(
+            select(Artifact).where(Artifact.status == ArtifactStatus.pending)
+            .order_by(col(Artifact.created_at)).limit(1)
+        ).first()
+        if art is None:
+            return None
+        _move(session, art, ArtifactStatus.running, f"claimed by worker pid {pid}")
+        art.worker_pid, art.heartbeat_at, art.attempts = pid, _now(), art.attempts + 1
+        art.started_at, art.stage, art.progress = _now(), "starting", 0.0
+        session.flush()
+        session.expunge(art)
+        return art
+
+
+def heartbeat(*, engine: Engine, artifact_id: str, stage: str | None = None, progress: float | None = None) -> str:
+    with write_session(engine) as session:
+        art = get_artifact(session, artifact_id)
+        art.heartbeat_at = _now()
+        if stage is not None:
+            art.stage = stage
+        if progress is not None:
+            art.progress = progress
+        return str(art.status)
+
+
+def reclaim_stale(*, engine: Engine, paths: Paths, stale_after_s: float) -> list[str]:
+    """Exports whose worker is gone go back to pending (they restart from scratch)."""
+    cutoff = _now() - timedelta(seconds=stale_after_s)
+    out = []
+    with write_session(engine) as session:
+        for art in session.exec(select(Artifact).where(Artifact.status == ArtifactStatus.running)):
+            beat = art.heartbeat_at.replace(tzinfo=UTC) if art.heartbeat_at else None
+            if beat is None or beat < cutoff or not _alive(art.worker_pid):
+                _move(session, art, ArtifactStatus.pending, "worker gone; export will restart")
+                art.worker_pid, art.stage, art.progress = None, "queued", 0.0
+                out.append(art.id)
+    for art_id in out:
+        shutil.rmtree(work_dir(paths, art_id), ignore_errors=True)
+    return out
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None or pid == os.getpid():
+        return pid is not None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def requeue(*, engine: Engine, artifact_id: str, reason: str) -> None:
+    with write_session(engine) as session:
+        art = get_artifact(session, artifact_id)
+        if art.status == ArtifactStatus.running:
+            _move(session, art, ArtifactStatus.pending, reason)
+            art.worker_pid, art.stage, art.progress = None, "queued", 0.0
+
+
+def work_dir(paths: Paths, artifact_id: str) -> Path:
+    return paths.tmp / f"export-{artifact_id}"
+
+
+def spec_for(*, engine: Engine, paths: Paths, art: Artifact) -> dict[str, Any]:
+    with Session(engine) as session:
+        model = session.get(ModelRecord, art.base_model_id)
+        assert model is not None and model.hf_path is not None
+        merged = None
+        if art.run_id is not None:
+            merged = session.exec(select(Artifact).where(Artifact.run_id == art.run_id, Artifact.kind == "merged",
+                                                         Artifact.status == "ready")).first()
+    extra = json.loads(art.spec_json or "{}")
+    return {
+        "artifact_id": art.id, "kind": art.kind, "type": art.type, "name": _safe_name(art.name or art.id),
+        "work_dir": str(work_dir(paths, art.id)), "base_hf_dir": str(paths.resolve(model.hf_path)),
+        "adapter_dir": extra.get("adapter_dir"),
+        "merged_dir": str(paths.resolve(merged.path)) if merged is not None and merged.path else None,
+    }
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip(".-")
+    return cleaned[:64] or "model"
+
+
+def finish(*, engine: Engine, paths: Paths, artifact_id: str, ok: bool, result: dict[str, Any] | None = None,
+           error: str | None = None) -> str:
+    work = work_dir(paths, artifact_id)
+    verification = (result or {}).get("verification")
+    if ok and result is not None:
+        try:
+            return _publish(engine=engine, paths=paths, artifact_id=artifact_id, work=work, result=result)
+        except OSError as exc:
+            error = f"could not store the export: {exc}"
+    shutil.rmtree(work, ignore_errors=True)
+    with write_session(engine) as session:
+        art = get_artifact(session, artifact_id)
+        art.error = error or "the export process failed"
+        art.verification_json = json.dumps(verification) if verification else art.verification_json
+        art.finished_at, art.worker_pid = _now(), None
+        _move(session, art, ArtifactStatus.failed, art.error)
+        return str(art.status)
+
+
+def _publish(*, engine: Engine, paths: Paths, artifact_id: str, work: Path, result: dict[str, Any]) -> str:
+    main = work / result["main"]
+    size, digest = main.stat().st_size, fsutil.sha256_file(main)
+    merged_id = None
+    merged_src = work / "merged"
+    if result.get("merged") and merged_src.is_dir():
+        merged_id = f"art_{uuid.uuid4().hex[:12]}"
+        merged_dst = paths.artifact_dir(merged_id)
+        merged_dst.parent.mkdir(parents=True, exist_ok=True)
+        weights = sorted(merged_src.glob("*.safetensors"))
+        merged_size = sum(w.stat().st_size for w in weights)
+        merged_sha = fsutil.sha256_file(weights[0]) if len(weights) == 1 else None
+        os.rename(merged_src, merged_dst)
+    final = paths.artifact_dir(artifact_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for f in work.iterdir():
+        if f.name not in result["files"]:
+            shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink()
+    for f in work.iterdir():
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+    os.rename(work, final)
+    fsutil.fsync_dir(final.parent)
+    with write_session(engine) as session:
+        art = get_artifact(session, artifact_id)
+        art.path = paths.rel(final / result["main"])
+        art.size, art.sha256 = size, digest
+        art.verification_json = json.dumps(result.get("verification"))
+        art.finished_at, art.worker_pid, art.progress, art.stage = _now(), None, 1.0, "done"
+        fig = result.get("verification") or {}
+        _move(session, art, ArtifactStatus.ready,
+              f"{art.kind} {art.type} ready: {size} bytes, top-1 agreement {fig.get('top1_agreement', 0):.1%}")
+        if merged_id is not None:
+            session.add(Artifact(id=merged_id, kind="merged", type="safetensors-f32", status="ready",
+                                 run_id=art.run_id, base_model_id=art.base_model_id, name=art.name,
+                                 path=paths.rel(paths.artifact_dir(merged_id)), size=merged_size, sha256=merged_sha,
+                                 progress=1.0, stage="done", finished_at=_now()))
+        return str(art.status)
+
+
+# --- deletion ---------------------------------------------------------------------------------
+
+
+def delete_artifact(*, engine: Engine, paths: Paths, artifact_id: str) -> None:
+    with write_session(engine) as session:
+        art = get_artifact(session, artifact_id)
+        if art.kind == "adapter":
+            raise ConflictError(f"artifact {artifact_id} is a run's adapter; delete the run instead")
+        if art.status == ArtifactStatus.running:
+            raise ConflictError(f"artifact {artifact_id} is being exported; wait for it to finish")
+        used = session.exec(select(Deployment).where(Deployment.artifact_id == artifact_id,
+                                                     col(Deployment.status).in_(["pending", "active"]))).first()
+        if used is not None:
+            raise ConflictError(f"artifact {artifact_id} is deployed ({used.id}); deploy another model first")
+        if session.exec(select(Deployment).where(Deployment.artifact_id == artifact_id)).first() is not None:
+            raise ConflictError(f"artifact {artifact_id} is in the deployment history; it is kept for rollback")
+        session.delete(art)
+        events.record(session, kind="artifact.deleted", entity_type="artifact", entity_id=artifact_id,
+                      message="artifact deleted")
+    shutil.rmtree(paths.artifact_dir(artifact_id), ignore_errors=True)
+
+
+def file_of(*, paths: Paths, art: Artifact) -> Path:
+    """The file a download serves: the GGUF, or an adapter's safetensors."""
+    if art.status != ArtifactStatus.ready or art.path is None:
+        raise ConflictError(f"artifact {art.id} is {art.status}; only a ready artifact can be downloaded")
+    path = paths.resolve(art.path)
+    if path.is_dir():
+        weights = path / "adapter_model.safetensors"
+        if art.kind == "adapter" and weights.is_file():
+            return weights
+        raise ConflictError(f"artifact {art.id} is a folder ({art.kind}); export it as GGUF to download one file")
+    if not path.is_file():
+        raise NotFoundError(f"artifact {art.id}'s file is missing from the data directory")
+    return path

@@ -1,0 +1,217 @@
+"""Inference: the appliance's HTTP endpoint versus llama-cpp-python called in-process, on the same
+GGUF and thread count, in one run; and a steady client's latency during hot swaps versus without.
+
+    .venv/bin/python bench/inference.py [--repeats 5] [--tokens 128]
+
+Throughput: a streamed greedy chat completion (same prompt, same seed, so both produce the same
+tokens); time to first token and decode tokens/s. Swaps: a client sends short chat requests back to
+back; p50/p99 latency and failures without swaps, then while deployments alternate between the
+bundled model and its Q8_0 export every second (overlap strategy). Uses its own data directory in
+bench/.work/inference. Writes bench/results/inference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from appliance.bootstrap import bootstrap
+from appliance.jobs import deployments, exports
+from appliance.models.registry import BUNDLED_ID, ensure_bundled
+from appliance.settings import Settings
+from appliance.worker.worker import Worker
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / ".work" / "inference"
+KEY = "bench-kiosk-key"
+MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
+
+
+def setup() -> tuple[Any, Path, str]:
+    rt = bootstrap(Settings(data_dir=WORK / "data", admin_token="bench", kiosk_key=KEY))
+    ensure_bundled(engine=rt.engine, paths=rt.paths)
+    art, _ = exports.request_export(engine=rt.engine, paths=rt.paths, base_model_id=BUNDLED_ID, out_type="q8_0")
+    worker = Worker(rt)
+    while True:
+        from sqlmodel import Session
+
+        with Session(rt.engine) as s:
+            status = exports.get_artifact(s, art.id).status
+            if status in ("ready", "failed"):
+                break
+        worker.run_once()
+        time.sleep(0.1)
+    assert status == "ready", "the Q8_0 export failed"
+    with Session(rt.engine) as s:
+        gguf_path, _ = deployments.model_file(s, rt.paths, artifact_id=None, base_model_id=BUNDLED_ID)
+    return rt, gguf_path, art.id
+
+
+def in_process(path: Path, threads: int, tokens: int, repeats: int) -> list[dict[str, float]]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=threads, verbose=False)
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        stamps = []
+        for chunk in llm.create_chat_completion(messages=MESSAGES, max_tokens=tokens, temperature=0, seed=0,
+                                                stream=True):
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                stamps.append(time.perf_counter())
+        out.append(_figures(start, stamps))
+    llm.close()
+    return out
+
+
+def over_http(base: str, tokens: int, repeats: int) -> list[dict[str, float]]:
+    out = []
+    body = {"messages": MESSAGES, "max_tokens": tokens, "temperature": 0, "seed": 0, "stream": True}
+    with httpx.Client(timeout=300, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            stamps = []
+            with client.stream("POST", f"{base}/v1/chat/completions", json=body) as res:
+                for line in res.iter_lines():
+                    if line.startswith("data: {"):
+                        chunk = json.loads(line[6:])
+                        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                            stamps.append(time.perf_counter())
+            out.append(_figures(start, stamps))
+    return out
+
+
+def _figures(start: float, stamps: list[float]) -> dict[str, float]:
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+    return {"ttft_ms": (stamps[0] - start) * 1000, "decode_tokens_per_s": decode, "tokens": len(stamps),
+            "total_s": stamps[-1] - start}
+
+
+def steady(base: str, seconds: float, swap: Any = None) -> dict[str, Any]:
+    latencies, failures = [], 0
+    stop = threading.Event()
+    swapper = None
+    if swap is not None:
+        swapper = threading.Thread(target=swap, args=(stop,), daemon=True)
+        swapper.start()
+    body = {"messages": [{"role": "user", "content": "Where is the pharmacy?"}], "max_tokens": 16, "temperature": 0}
+    end = time.monotonic() + seconds
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            res = client.post(f"{base}/v1/chat/completions", json=body)
+            if res.status_code == 200:
+                latencies.append((time.perf_counter() - t0) * 1000)
+            else:
+                failures += 1
+    stop.set()
+    if swapper is not None:
+        swapper.join(30)
+    latencies.sort()
+    return {"requests": len(latencies) + failures, "failed": failures,
+            "p50_ms": statistics.median(latencies), "p99_ms": latencies[min(len(latencies) - 1,
+                                                                           int(0.99 * len(latencies)))]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--swap-seconds", type=float, default=30)
+    args = parser.parse_args()
+    threads = os.cpu_count() or 1
+    rt, gguf_path, q8_id = setup()
+    port = 18080
+    env = {**os.environ, "APPLIANCE_DATA_DIR": str(rt.paths.root), "APPLIANCE_INFERENCE_PORT": str(port),
+           "APPLIANCE_KIOSK_KEY": KEY, "APPLIANCE_ADMIN_TOKEN": "bench", "APPLIANCE_INFERENCE_CTX": "1024",
+           "APPLIANCE_INFERENCE_THREADS": str(threads), "APPLIANCE_LOG_LEVEL": "warning"}
+    deployments.request_deployment(engine=rt.engine, paths=rt.paths, base_model_id=BUNDLED_ID, reason="bench")
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "inference"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            assert time.monotonic() < deadline and proc.poll() is None, "inference server did not start"
+            time.sleep(0.2)
+        over_http(base, 8, 1)  # warm-up both ways
+        in_process(gguf_path, threads, 8, 1)
+        http_runs, local_runs = [], []
+        for i in range(args.repeats):
+            if i % 2 == 0:
+                local_runs += in_process(gguf_path, threads, args.tokens, 1)
+                http_runs += over_http(base, args.tokens, 1)
+            else:
+                http_runs += over_http(base, args.tokens, 1)
+                local_runs += in_process(gguf_path, threads, args.tokens, 1)
+
+        def med(runs: list[dict[str, float]], key: str) -> float:
+            return statistics.median(r[key] for r in runs)
+
+        throughput = {
+            "in_process": {"decode_tokens_per_s": med(local_runs, "decode_tokens_per_s"),
+                           "ttft_ms": med(local_runs, "ttft_ms"), "runs": local_runs},
+            "http_endpoint": {"decode_tokens_per_s": med(http_runs, "decode_tokens_per_s"),
+                              "ttft_ms": med(http_runs, "ttft_ms"), "runs": http_runs},
+        }
+        throughput["endpoint_vs_in_process"] = (throughput["http_endpoint"]["decode_tokens_per_s"]
+                                                / throughput["in_process"]["decode_tokens_per_s"])
+        swaps: list[str] = []
+
+        def alternate(stop: threading.Event) -> None:
+            targets = [{"artifact_id": q8_id}, {"base_model_id": BUNDLED_ID}]
+            i = 0
+            while not stop.wait(1.0):
+                dep = deployments.request_deployment(engine=rt.engine, paths=rt.paths, **targets[i % 2])
+                swaps.append(dep.id)
+                i += 1
+
+        without = steady(base, args.swap_seconds)
+        during = steady(base, args.swap_seconds, alternate)
+        time.sleep(2)
+        from sqlmodel import Session
+
+        with Session(rt.engine) as s:
+            recorded = [deployments.get_deployment(s, d) for d in swaps]
+        latency = {"without_swaps": without, "during_swaps": during,
+                   "swaps": len(swaps), "swaps_active_or_retired": sum(d.status in ("active", "retired")
+                                                                       for d in recorded),
+                   "strategies": sorted({d.strategy or "-" for d in recorded}),
+                   "p99_ratio": during["p99_ms"] / without["p99_ms"]}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    results = {
+        "machine": {"cpus": threads, "platform": platform.platform(), "python": platform.python_version()},
+        "model": f"{gguf_path.name} (SmolLM2-135M-Instruct) and its Q8_0 export", "threads": threads,
+        "max_tokens": args.tokens, "throughput": throughput, "latency": latency,
+    }
+    out = HERE / "results" / "inference.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    t = throughput
+    print(f"decode tokens/s: in-process {t['in_process']['decode_tokens_per_s']:.1f}, "
+          f"endpoint {t['http_endpoint']['decode_tokens_per_s']:.1f} ({t['endpoint_vs_in_process']:.1%}); "
+          f"TTFT {t['in_process']['ttft_ms']:.0f} vs {t['http_endpoint']['ttft_ms']:.0f} ms")
+    print(f"latency p50/p99 without swaps {without['p50_ms']:.0f}/{without['p99_ms']:.0f} ms, during "
+          f"{len(swaps)} swaps {during['p50_ms']:.0f}/{during['p99_ms']:.0f} ms, failed {during['failed']}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
