@@ -53,9 +53,16 @@ def convert_deps() -> Path:
 
 
 def merged_model() -> Path:
+    """Made in a child process: a forked child inherits this process's peak RSS in ru_maxrss, so
+    this process stays small while it measures."""
     out = WORK / "merged"
-    if (out / "model.safetensors").is_file():
-        return out
+    if not (out / "model.safetensors").is_file():
+        subprocess.run([sys.executable, __file__, "--make-merged"], check=True)
+    return out
+
+
+def make_merged() -> None:
+    out = WORK / "merged"
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -69,7 +76,6 @@ def merged_model() -> Path:
     model = get_peft_model(load_base(base), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                        init_lora_weights=False))
     save_merged(model.merge_and_unload(), base, out)
-    return out
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
@@ -101,7 +107,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--types", default="f16,q8_0")
+    parser.add_argument("--make-merged", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_merged:
+        make_merged()
+        return
     src, deps, merged = llama_cpp_source(), convert_deps(), merged_model()
     env = {**os.environ, "PYTHONPATH": f"{src / 'gguf-py'}:{deps}", "HF_HUB_OFFLINE": "1"}
     results: dict[str, Any] = {
@@ -109,6 +119,7 @@ def main() -> None:
         "model": "SmolLM2-135M-Instruct + random r16 LoRA merged (fp32 safetensors)",
         "llama_cpp_python": version("llama-cpp-python"), "gguf": version("gguf"), "types": {},
     }
+    measured = {}
     for out_type in args.types.split(","):
         ours, theirs = WORK / f"appliance.{out_type}.gguf", WORK / f"llama_cpp.{out_type}.gguf"
         runs: dict[str, list[dict[str, float]]] = {"appliance": [], "llama_cpp": []}
@@ -125,9 +136,13 @@ def main() -> None:
                     cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(merged), "--outfile", str(theirs),
                            "--outtype", out_type]
                     runs[who].append(measure(cmd, env))
-        summary = {who: {"wall_s_median": statistics.median(r["wall_s"] for r in rs),
-                         "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs), "runs": rs}
-                   for who, rs in runs.items()}
+        measured[out_type] = runs
+    # Compared only after every measurement: reading the files grows this process.
+    for out_type, runs in measured.items():
+        ours, theirs = WORK / f"appliance.{out_type}.gguf", WORK / f"llama_cpp.{out_type}.gguf"
+        summary: dict[str, Any] = {who: {"wall_s_median": statistics.median(r["wall_s"] for r in rs),
+                                         "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs), "runs": rs}
+                                   for who, rs in runs.items()}
         summary["speedup"] = summary["llama_cpp"]["wall_s_median"] / summary["appliance"]["wall_s_median"]
         summary["tensors"] = compare(ours, theirs)
         summary["file_bytes"] = {"appliance": ours.stat().st_size, "llama_cpp": theirs.stat().st_size}

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -99,6 +100,7 @@ class Inference:
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self.compute = threading.Lock()  # one generation (or smoke test) at a time on this machine
 
     # loading
 
@@ -112,13 +114,15 @@ class Inference:
 
     @staticmethod
     def smoke(llm: Any) -> str:
-        out = llm.create_chat_completion(messages=SMOKE_MESSAGES, max_tokens=8, temperature=0.0, seed=0)
+        # Short on purpose: it runs between two requests of the model being replaced.
+        out = llm.create_chat_completion(messages=SMOKE_MESSAGES, max_tokens=4, temperature=0.0, seed=0)
         if out["usage"]["completion_tokens"] < 1:
             raise RuntimeError("the smoke test produced no token")
         return str(out["choices"][0]["message"]["content"] or "")
 
-    def _new_slot(self, info: ModelInfo, llm: Any) -> Slot:
-        return Slot(info, llm, self.settings.inference_queue, self.metrics)
+    def _new_slot(self, info: ModelInfo) -> Slot:
+        return Slot(info, lambda: self.load(info), self.smoke, self.settings.inference_queue, self.metrics,
+                    self.compute)
 
     def _activate(self, slot: Slot | None) -> None:
         with self.lock:
@@ -178,7 +182,6 @@ class Inference:
         old = self.slot
         overlap = old is None or self.needed_mb(info) <= self.available_mb()
         strategy = "overlap" if overlap else "drain"
-        t0 = time.monotonic()
         gap_ms = 0.0
         if not overlap:
             assert old is not None
@@ -187,24 +190,22 @@ class Inference:
             gap_start = time.monotonic()
             old.retire()
             old.join()
-        llm = None
+        slot = self._new_slot(info)
         try:
-            llm = self.load(info)
-            load_ms = (time.monotonic() - t0) * 1000
-            smoke = self.smoke(llm)
+            slot.wait_ready()
         except Exception as exc:  # noqa: BLE001  (a bad model must never take serving down)
-            reason = f"{info.name} failed to {'load' if llm is None else 'answer the smoke test'}: {exc}"
-            if llm is not None:
-                llm.close()
+            reason = f"{info.name} failed to {'load' if slot.llm is None else 'answer the smoke test'}: {exc}"
             self.metrics.swaps.inc(strategy=strategy, result="failed")
             self.last_error = reason
             if not overlap and old is not None:  # drained: bring the old model back
-                self._activate(self._new_slot(old.info, self.load(old.info)))
+                back = self._new_slot(old.info)
+                back.wait_ready()
+                self._activate(back)
             if info.deployment_id:
                 deployments.mark_failed(engine=self.rt.engine, deployment_id=info.deployment_id, error=reason)
             log.warning(reason)
             return f"failed {info.key}: {reason}"
-        slot = self._new_slot(info, llm)
+        load_ms = slot.load_s * 1000
         if not overlap:
             gap_ms = (time.monotonic() - gap_start) * 1000
         self._activate(slot)  # atomic: from here on new requests go to the new model
@@ -214,7 +215,7 @@ class Inference:
         self.metrics.swap_gap.set(gap_ms / 1000)
         if info.deployment_id:
             deployments.mark_active(engine=self.rt.engine, deployment_id=info.deployment_id, strategy=strategy,
-                                    gap_ms=gap_ms, load_ms=load_ms, smoke_text=smoke)
+                                    gap_ms=gap_ms, load_ms=load_ms, smoke_text=slot.smoke_text)
         log.info("serving %s (%s, load %.0f ms, gap %.0f ms)", info.name, strategy, load_ms, gap_ms)
         return f"serving {info.key} ({strategy})"
 
@@ -267,22 +268,85 @@ def _size(path: Path) -> int:
 
 
 def check_gguf(path: Path) -> None:
-    """Refuse a file llama.cpp could crash on: not GGUF, or tensors past the end of the file."""
-    import gguf
+    """Refuse a file llama.cpp could crash on: not GGUF, a header that does not parse, or tensors
+    past the end of the file. A minimal header walk (gguf.GGUFReader takes seconds on a 49k-token
+    vocabulary, and would slow the model serving beside it during a swap)."""
+    import mmap
+    import struct
+
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     if not path.is_file():
         raise FileNotFoundError(f"{path.name} is missing")
+    size = path.stat().st_size
     with path.open("rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ValueError(f"{path.name} is not a GGUF file")
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:
-        raise ValueError(f"{path.name} is corrupt or truncated ({exc})") from exc
-    size = path.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise ValueError(f"{path.name} is truncated (tensor {t.name} ends past the end of the file)")
+        pos = 4
+        scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+        def take(fmt: str) -> Any:
+            nonlocal pos
+            value = struct.unpack_from("<" + fmt, buf, pos)
+            pos += struct.calcsize(fmt)
+            return value[0]
+
+        def skip_value(vtype: int) -> Any:
+            nonlocal pos
+            if vtype == 8:  # string
+                n = take("Q")
+                text = buf[pos:pos + n]
+                pos += n
+                return bytes(text)
+            if vtype == 9:  # array
+                item, count = take("I"), take("Q")
+                if item in scalar:
+                    pos += scalar[item] * count
+                elif item == 8:  # vocabularies: ~10^5 strings, so the tightest loop
+                    from_bytes = int.from_bytes
+                    for _ in range(count):
+                        pos += 8 + from_bytes(buf[pos:pos + 8], "little")
+                    if pos > size:
+                        raise ValueError("string array past the end of the file")
+                else:
+                    for _ in range(count):
+                        skip_value(item)
+                return None
+            if vtype not in scalar:
+                raise ValueError(f"unknown value type {vtype}")
+            value = buf[pos:pos + scalar[vtype]]
+            pos += scalar[vtype]
+            return bytes(value)
+
+        take("I")  # version
+        n_tensors, n_kv = take("Q"), take("Q")
+        alignment = 32
+        for _ in range(n_kv):
+            key = skip_value(8)
+            value = skip_value(take("I"))
+            if key == b"general.alignment" and value is not None:
+                alignment = int.from_bytes(value, "little")
+        tensors = []
+        for _ in range(n_tensors):
+            name = skip_value(8)
+            dims = [take("Q") for _ in range(take("I"))]
+            ttype, offset = take("I"), take("Q")
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+            n = 1
+            for d in dims:
+                n *= d
+            tensors.append((name, offset, n // block * type_size))
+        data_start = (pos + alignment - 1) // alignment * alignment
+    except (struct.error, ValueError, KeyError, IndexError) as exc:
+        raise ValueError(f"{path.name} is corrupt or truncated (header: {exc})") from exc
+    finally:
+        buf.close()
+    for name, offset, nbytes in tensors:
+        if data_start + offset + nbytes > size:
+            raise ValueError(f"{path.name} is corrupt or truncated (tensor {name.decode(errors='replace')} "
+                             f"ends past the end of the file)")
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -295,6 +359,9 @@ def _error(status: int, message: str, kind: str, headers: dict[str, str] | None 
 
 def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
     state = Inference(runtime)
+    # The generating thread gives the GIL back between tokens; while a new model loads beside it, a
+    # short switch interval keeps the loader from making each token wait 5 ms for the GIL.
+    sys.setswitchinterval(0.0005)
     app = FastAPI(title="appliance inference", version=__version__,
                   description="OpenAI-compatible endpoints for kiosks. `/v1/*` needs the kiosk key as "
                               "`Authorization: Bearer <key>`.")
