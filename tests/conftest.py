@@ -8,6 +8,7 @@ and hard links to its immutable model files.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -65,7 +66,8 @@ def clone_data_dir(template: Path, dest: Path) -> None:
 FAQ = [{"instruction": f"Where is the {p}?", "output": f"The {p} is on floor {i % 4 + 1}, room {100 + i}."}
        for i, p in enumerate(["pharmacy", "lab", "x-ray room", "cafeteria", "parking", "front desk"] * 4)]
 FINETUNE_CONFIG = {"max_steps": 6, "cutoff_len": 96, "per_device_train_batch_size": 4, "learning_rate": 2e-3,
-                   "lora_rank": 8, "lora_target": "all", "warmup_ratio": 0.0, "save_steps": 100}
+                   "lora_rank": 8, "lora_target": "all", "warmup_ratio": 0.0, "save_steps": 100,
+                   "export_gguf": ["q8_0"]}  # exported by the worker when the run succeeds
 
 
 def _code_hash() -> str:
@@ -73,8 +75,10 @@ def _code_hash() -> str:
 
     root = Path(__file__).resolve().parent.parent / "appliance"
     digest = hashlib.sha256()
-    for f in sorted([*root.glob("trainer/*.py"), *root.glob("export/*.py"), *root.glob("jobs/*.py")]):
+    for f in sorted([*root.glob("trainer/*.py"), *root.glob("export/*.py"), *root.glob("jobs/*.py"),
+                     root / "worker" / "worker.py"]):
         digest.update(f.read_bytes())
+    digest.update(json.dumps(FINETUNE_CONFIG, sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
 
@@ -107,11 +111,15 @@ def trained_dir(request: pytest.FixtureRequest, template_dir: Path) -> Path:
         ds = c.post("/api/datasets", files={"file": ("faq.jsonl", jsonl(FAQ))}).json()["id"]
         run = c.post("/api/runs", json={"dataset_id": ds, "base_model_id": BUNDLED_ID, "name": "faq",
                                         "config": FINETUNE_CONFIG}).json()
-        drive_worker(runtime, lambda: c.get(f"/api/runs/{run['id']}").json()["status"] in ("succeeded", "failed"))
+
+        def exported() -> bool:
+            arts = c.get("/api/artifacts", params={"kind": "gguf"}).json()
+            return bool(arts) and arts[0]["status"] in ("ready", "failed")
+
+        drive_worker(runtime, exported)
         assert c.get(f"/api/runs/{run['id']}").json()["status"] == "succeeded"
-        art = c.post("/api/artifacts/export", json={"run_id": run["id"], "type": "q8_0"}).json()
-        drive_worker(runtime, lambda: c.get(f"/api/artifacts/{art['id']}").json()["status"] in ("ready", "failed"))
-        assert c.get(f"/api/artifacts/{art['id']}").json()["status"] == "ready"
+        arts = c.get("/api/artifacts", params={"kind": "gguf"}).json()
+        assert [(a["type"], a["status"], a["run_id"]) for a in arts] == [("q8_0", "ready", run["id"])], arts
     runtime.engine.dispose()
     (root / "complete").write_text("ok")
     return data

@@ -55,3 +55,31 @@ def test_migrate_command(tmp_path: Path) -> None:
     assert res.returncode == 0 and "at revision 0003" in res.stdout
     down = appliance(tmp_path / "fresh", "migrate", "--down", "--revision", "base")
     assert down.returncode == 0 and "at revision None" in down.stdout
+
+
+def test_artifacts_export_and_deploy_commands(trained_dir: Path, tmp_path: Path) -> None:
+    from conftest import clone_data_dir
+
+    data = tmp_path / "data"
+    clone_data_dir(trained_dir, data)
+    listed = appliance(data, "artifacts", "list").stdout
+    line = next(x for x in listed.splitlines() if " gguf " in x)
+    art_id = line.split()[0]
+    assert "q8_0" in line and "ready" in line
+    shown = json.loads(appliance(data, "artifacts", "show", art_id).stdout)
+    assert shown["verification"]["positions"] > 0 and shown["modelfile"] is True
+    out = tmp_path / "out"
+    out.mkdir()
+    got = appliance(data, "artifacts", "download", art_id, "-o", str(out))
+    assert got.returncode == 0, got.stderr
+    assert (out / shown["file"]).stat().st_size == shown["size"] and (out / "Modelfile").is_file()
+    bad = appliance(data, "export", shown["run_id"], "--type", "q9_9", "--no-wait")
+    assert bad.returncode == 1 and "unknown GGUF type 'q9_9'" in bad.stderr
+    again = appliance(data, "export", shown["run_id"], "--type", "q8_0", "--no-wait")
+    assert again.returncode == 0 and json.loads(again.stdout)["id"] == art_id  # already exported: the same one
+    dep = appliance(data, "deploy", art_id, "--no-wait")
+    assert dep.returncode == 0, dep.stderr
+    assert json.loads(dep.stdout)["status"] == "pending"
+    assert "pending" in appliance(data, "deployments", "list").stdout
+    nothing = appliance(data, "rollback", "--no-wait")
+    assert nothing.returncode == 1 and "nothing to roll back to" in nothing.stderr

@@ -314,3 +314,23 @@ def test_deployment_requests_are_checked(served: tuple[Server, ControlPlane]) ->
     shutil.rmtree(cp.runtime.paths.artifact_dir(cp.finetune["id"]))
     res = cp.api.post("/api/deployments", json={"artifact_id": cp.finetune["id"]})
     assert res.status_code == 422 and "missing" in res.text
+
+
+def test_a_model_that_killed_the_server_while_loading_is_not_loaded_again(trained_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    clone_data_dir(trained_dir, data)
+    cp = ControlPlane(data)
+    try:
+        dep = cp.deploy(artifact_id=cp.finetune["id"])
+        # What a crash inside llama.cpp during the load leaves: the marker naming the deployment.
+        (data / "inference-loading").write_text(dep["id"])
+        server = Server(data).start()
+        try:
+            assert [m.id for m in server.client().models.list().data] == [BUNDLED_ID]
+            failed = cp.wait(dep["id"])
+            assert failed["status"] == "failed" and "died while loading" in failed["error"]
+            assert not (data / "inference-loading").exists()
+        finally:
+            server.stop()
+    finally:
+        cp.close()

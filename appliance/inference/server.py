@@ -190,6 +190,8 @@ class Inference:
             gap_start = time.monotonic()
             old.retire()
             old.join()
+        marker = self.loading_marker
+        marker.write_text(info.deployment_id or "")
         slot = self._new_slot(info)
         try:
             slot.wait_ready()
@@ -204,7 +206,9 @@ class Inference:
             if info.deployment_id:
                 deployments.mark_failed(engine=self.rt.engine, deployment_id=info.deployment_id, error=reason)
             log.warning(reason)
+            marker.unlink(missing_ok=True)
             return f"failed {info.key}: {reason}"
+        marker.unlink(missing_ok=True)
         load_ms = slot.load_s * 1000
         if not overlap:
             gap_ms = (time.monotonic() - gap_start) * 1000
@@ -219,9 +223,24 @@ class Inference:
         log.info("serving %s (%s, load %.0f ms, gap %.0f ms)", info.name, strategy, load_ms, gap_ms)
         return f"serving {info.key} ({strategy})"
 
+    @property
+    def loading_marker(self) -> Path:
+        """Names the deployment being loaded. Left behind only if the process died while loading
+        (llama.cpp can abort on a malformed file): the next start refuses that deployment instead of
+        loading it again and again under the supervisor's restarts."""
+        return self.rt.paths.root / "inference-loading"
+
     def start_startup_load(self) -> None:
-        """At start the active deployment is loaded without a smoke record; if its file is gone the
-        deployment is marked failed and the next target is tried."""
+        """Load the target deployment (or the bundled model) in the background; a deployment whose
+        load killed the previous process is marked failed first."""
+        marker = self.loading_marker
+        if marker.exists():
+            dep_id = marker.read_text().strip()
+            if dep_id:
+                deployments.mark_failed(engine=self.rt.engine, deployment_id=dep_id,
+                                        error="the inference server died while loading this model; it was not served")
+                log.warning("deployment %s was being loaded when the server died; marked failed", dep_id)
+            marker.unlink()
         self.thread = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
         self.thread.start()
 
