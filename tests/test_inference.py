@@ -298,6 +298,9 @@ def test_drain_strategy_when_two_models_do_not_fit(trained_dir: Path, tmp_path: 
         assert traffic.errors == []
         metrics = httpx.get(f"{server.base}/metrics").text
         assert 'appliance_inference_swaps_total{result="ok",strategy="drain"} 1' in metrics
+        # Rolling back the first deployment returns to the bundled model served before it.
+        back = cp.wait(cp.api.post("/api/deployments/rollback").json()["id"])
+        assert back["status"] == "active" and back["model"] == BUNDLED_ID and back["strategy"] == "drain"
     finally:
         server.stop()
         cp.close()

@@ -90,7 +90,8 @@ def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None 
 
 
 def rollback(*, engine: Engine, paths: Paths) -> Deployment:
-    """Deploy again what was active before the current deployment."""
+    """Deploy again what was active before the current deployment (the bundled model, when the
+    current one is the first)."""
     with Session(engine) as session:
         active = current(session)
         history = session.exec(
@@ -99,6 +100,12 @@ def rollback(*, engine: Engine, paths: Paths) -> Deployment:
         ).all()
     previous = next((d for d in history if active is None or (d.artifact_id, d.base_model_id) !=
                      (active.artifact_id, active.base_model_id)), None)
+    if previous is None and active is not None and active.artifact_id is not None:
+        # Before the first deployment the bundled model was served: that is what rollback returns to.
+        from appliance.models.registry import BUNDLED_ID
+
+        return request_deployment(engine=engine, paths=paths, base_model_id=BUNDLED_ID,
+                                  reason=f"rollback from {active.id} to the bundled model")
     if previous is None:
         raise ConflictError("nothing to roll back to: no earlier deployment was ever active")
     return request_deployment(engine=engine, paths=paths, artifact_id=previous.artifact_id,
