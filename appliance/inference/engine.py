@@ -60,8 +60,14 @@ class Slot:
     crawl: measured p99 4x the steady one with the two overlapping, see bench/inference.py)."""
 
     def __init__(self, info: ModelInfo, load: Callable[[], Any], check: Callable[[Any], str], queue_size: int,
-                 metrics: Metrics, compute: threading.Lock) -> None:
+                 metrics: Metrics, compute: threading.Lock, loading: threading.Event | None = None,
+                 threads: int = 0) -> None:
         self.info, self.metrics, self.compute = info, metrics, compute
+        # Set while another model loads beside this one: generate with one thread fewer, leaving
+        # the loader a core instead of three threads fighting over two.
+        self.loading = loading or threading.Event()
+        self.threads = threads
+        self._threads_now = threads
         self._load, self._check = load, check
         self.llm: Any = None
         self.ready = threading.Event()
@@ -110,6 +116,7 @@ class Slot:
         try:
             self.llm = self._load()
             self.load_s = time.monotonic() - started
+            self.loading.clear()
             with self.compute:  # between two requests of the old model, not on top of one
                 self.smoke_text = self._check(self.llm)
         except BaseException as exc:  # noqa: BLE001  (reported to whoever waits in wait_ready)
@@ -135,8 +142,17 @@ class Slot:
                 self.busy = False
         self.llm.close()
 
+    def _fit_threads(self) -> None:
+        if self.threads <= 1:
+            return
+        wanted = self.threads - 1 if self.loading.is_set() else self.threads
+        if wanted != self._threads_now:
+            self.llm._ctx.set_n_threads(wanted, wanted)
+            self._threads_now = wanted
+
     def _run(self, job: Job) -> None:
         try:
+            self._fit_threads()
             result = job.call(self.llm)
             if not job.stream:
                 job.send(result)
@@ -144,6 +160,7 @@ class Slot:
             for chunk in _iterate(result):
                 if job.cancelled.is_set():  # the client went away: stop generating for it
                     break
+                self._fit_threads()  # between two tokens: safe in this thread
                 job.send(chunk)
             job.send(END)
         except Exception as exc:  # noqa: BLE001  (the request gets the error; the thread lives on)

@@ -101,6 +101,7 @@ class Inference:
         self.thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.compute = threading.Lock()  # one generation (or smoke test) at a time on this machine
+        self.loading = threading.Event()  # a new model is being read in beside the serving one
 
     # loading
 
@@ -109,7 +110,7 @@ class Inference:
 
         check_gguf(info.path)
         return Llama(model_path=str(info.path), n_ctx=self.settings.inference_ctx,
-                     n_threads=self.settings.inference_threads or os.cpu_count() or 1,
+                     n_threads=self.threads, n_threads_batch=self.threads,
                      n_gpu_layers=self.settings.inference_gpu_layers, verbose=False)
 
     @staticmethod
@@ -122,7 +123,11 @@ class Inference:
 
     def _new_slot(self, info: ModelInfo) -> Slot:
         return Slot(info, lambda: self.load(info), self.smoke, self.settings.inference_queue, self.metrics,
-                    self.compute)
+                    self.compute, self.loading, self.threads)
+
+    @property
+    def threads(self) -> int:
+        return self.settings.inference_threads or os.cpu_count() or 1
 
     def _activate(self, slot: Slot | None) -> None:
         with self.lock:
@@ -192,10 +197,13 @@ class Inference:
             old.join()
         marker = self.loading_marker
         marker.write_text(info.deployment_id or "")
+        if old is not None and overlap:
+            self.loading.set()  # cleared by the new slot once its weights are in
         slot = self._new_slot(info)
         try:
             slot.wait_ready()
         except Exception as exc:  # noqa: BLE001  (a bad model must never take serving down)
+            self.loading.clear()
             reason = f"{info.name} failed to {'load' if slot.llm is None else 'answer the smoke test'}: {exc}"
             self.metrics.swaps.inc(strategy=strategy, result="failed")
             self.last_error = reason
