@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 from safetensors import safe_open
 
-from appliance.export.gguf_write import ExportError, _permute, gguf_tensor_name, open_hf, permute_for
+from appliance.export.gguf_write import ExportError, gguf_tensor_name, open_hf, permute_for, rope_permute
 
 PREFIX = "base_model.model."
 
@@ -76,7 +76,7 @@ def write_adapter_gguf(
             raise ExportError(f"{weights}: {base} has lora_{'A' if 'a' not in ab else 'B'} missing")
         a, b = ab["a"], ab["b"]
         if (heads := permute_for(model, base)) is not None:
-            b = _permute(b, heads)
+            b = rope_permute(b, heads)
         dest = gguf_tensor_name(model, base)
         w.add_tensor(dest + ".lora_a", a.astype(dtype))
         w.add_tensor(dest + ".lora_b", b.astype(dtype))

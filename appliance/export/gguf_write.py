@@ -6,7 +6,7 @@ from the safetensors headers), then each tensor is read, converted and written o
 memory is about one tensor, not the model.
 
 What llama.cpp needs and a naive writer gets wrong:
-- llama-family q/k weights are stored with the rotary halves interleaved (`_permute`), because
+- llama-family q/k weights are stored with the rotary halves interleaved (`rope_permute`), because
   ggml's RoPE for LLAMA rotates adjacent pairs while HF rotates the two halves. Qwen2 uses
   NEOX-style RoPE in llama.cpp and is written as is.
 - Tied embeddings: no `output.weight`; llama.cpp falls back to `token_embd.weight`.
@@ -132,7 +132,7 @@ def open_hf(path: Path) -> HfModel:
     return HfModel(path, config, ARCHITECTURES[hf_arch], hf_arch, files)
 
 
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF's rotate-half layout -> ggml's interleaved pairs (llama.cpp's LlamaModel.permute)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -424,7 +424,7 @@ def write_gguf(
             assert p.file is not None and p.hf_name is not None
             data = _load(p.file, p.hf_name, p.qtype)
             if (heads := permute_for(model, p.hf_name)) is not None:
-                data = _permute(data, heads)
+                data = rope_permute(data, heads)
         encoded = _encode(data, p.qtype)
         w.write_tensor_data(encoded)
         done += encoded.nbytes

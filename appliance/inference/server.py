@@ -453,7 +453,7 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
                          "artifact_id": slot.info.artifact_id})
         return {"object": "list", "data": data}
 
-    async def _run(request: Request, body: _Sampling, call: Any, kind: str) -> Response:
+    async def _run(body: _Sampling, call: Any) -> Response:
         loop = asyncio.get_running_loop()
         job = Job(call=call, stream=body.stream, loop=loop)
         try:
@@ -516,7 +516,7 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
             return llm.create_chat_completion(messages=body.messages, stream=body.stream,
                                               response_format=response_format, **kwargs)
 
-        return await _run(request, body, call, "chat")
+        return await _run(body, call)
 
     @app.post("/v1/completions", summary="Text completion (OpenAI-compatible, streaming with stream=true)")
     async def completions(request: Request) -> Response:
@@ -532,7 +532,7 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
         def call(llm: Any) -> Any:
             return llm.create_completion(prompt=prompt, stream=body.stream, **kwargs)
 
-        return await _run(request, body, call, "completion")
+        return await _run(body, call)
 
     return app
 

@@ -11,7 +11,6 @@ model is served.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -21,16 +20,10 @@ from appliance.db import events
 from appliance.db.engine import write_session
 from appliance.db.status import ArtifactStatus, DeploymentStatus, transition
 from appliance.db.tables import Artifact, Deployment, ModelRecord
-from appliance.errors import ConflictError, InputProblem, InvalidInputError, NotFoundError
+from appliance.errors import ConflictError, NotFoundError
+from appliance.jobs.common import bad_request as _bad
+from appliance.jobs.common import now as _now
 from appliance.paths import Paths
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _bad(field: str, message: str) -> InvalidInputError:
-    return InvalidInputError("request", [InputProblem(None, field, message)])
 
 
 def _move(session: Session, dep: Deployment, new: DeploymentStatus, message: str) -> None:

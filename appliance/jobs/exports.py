@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,13 @@ from appliance.db import events
 from appliance.db.engine import write_session
 from appliance.db.status import ArtifactStatus, RunStatus, transition
 from appliance.db.tables import Artifact, Deployment, ModelRecord, Run
-from appliance.errors import ConflictError, InputProblem, InvalidInputError, NotFoundError
+from appliance.errors import ConflictError, NotFoundError
+from appliance.jobs.common import bad_request as _bad
+from appliance.jobs.common import now as _now
 from appliance.paths import Paths
 
 KINDS = ("adapter", "merged", "gguf", "gguf-adapter")
 ADAPTER_TYPES = ("f32", "f16")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _bad(field: str, message: str) -> InvalidInputError:
-    return InvalidInputError("request", [InputProblem(None, field, message)])
 
 
 def get_artifact(session: Session, artifact_id: str) -> Artifact:
@@ -176,25 +170,13 @@ def reclaim_stale(*, engine: Engine, paths: Paths, stale_after_s: float) -> list
     with write_session(engine) as session:
         for art in session.exec(select(Artifact).where(Artifact.status == ArtifactStatus.running)):
             beat = art.heartbeat_at.replace(tzinfo=UTC) if art.heartbeat_at else None
-            if beat is None or beat < cutoff or not _alive(art.worker_pid):
+            if beat is None or beat < cutoff:
                 _move(session, art, ArtifactStatus.pending, "worker gone; export will restart")
                 art.worker_pid, art.stage, art.progress = None, "queued", 0.0
                 out.append(art.id)
     for art_id in out:
         shutil.rmtree(work_dir(paths, art_id), ignore_errors=True)
     return out
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None or pid == os.getpid():
-        return pid is not None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def requeue(*, engine: Engine, artifact_id: str, reason: str) -> None:
@@ -266,8 +248,10 @@ def _publish(*, engine: Engine, paths: Paths, artifact_id: str, work: Path, resu
     final = paths.artifact_dir(artifact_id)
     final.parent.mkdir(parents=True, exist_ok=True)
     for f in work.iterdir():
-        if f.name not in result["files"]:
-            shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink()
+        if f.is_dir():
+            shutil.rmtree(f, ignore_errors=True)  # nothing but the listed files is published
+        elif f.name not in result["files"]:
+            f.unlink()
     for f in work.iterdir():
         with f.open("rb") as fh:
             os.fsync(fh.fileno())

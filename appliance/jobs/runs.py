@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +20,14 @@ from appliance.db import events
 from appliance.db.engine import write_session
 from appliance.db.status import RunStatus, transition
 from appliance.db.tables import Artifact, Checkpoint, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric
-from appliance.errors import ConflictError, InputProblem, InvalidInputError, NotFoundError
+from appliance.errors import ConflictError, NotFoundError
+from appliance.jobs.common import bad_request as _bad
+from appliance.jobs.common import now as _now
 from appliance.paths import Paths
 from appliance.trainer import preflight
 from appliance.trainer.config import TrainConfig, load_preset, parse_config
 
 TERMINAL = {RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _bad(field: str, message: str) -> InvalidInputError:
-    return InvalidInputError("request", [InputProblem(None, field, message)])
 
 
 def get_run(session: Session, run_id: str) -> Run:
