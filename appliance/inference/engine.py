@@ -11,6 +11,7 @@ thread finishes what was already queued (in-flight requests end on the old model
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 from appliance.inference.metrics import Metrics
 
 END = object()
+log = logging.getLogger("appliance.inference")
 
 
 @dataclass
@@ -55,16 +57,20 @@ class Slot:
     (loaded and smoke-tested in one, generating in another) was measured generating at half speed
     here, two teams fighting over the cores.
 
-    All slots share one compute lock: while two models are loaded during a swap, the new one's
-    smoke test runs between the old one's requests instead of beside one (on a CPU box both would
-    crawl: measured p99 4x the steady one with the two overlapping, see bench/inference.py)."""
+    During a swap the new model loads and answers its smoke test beside the serving one, the cores
+    split between them: the serving model generates with one thread fewer, the new one smoke-tests
+    with one. Measured here (2 cores, bench/inference.py and a probe of the same pattern): running
+    the smoke test between two requests under the compute lock instead made the request behind it
+    wait for the whole cold first evaluation (p99 3x the steady one); split cores keep the requests
+    that overlap a swap within 2x. Requests themselves share one compute lock across slots: after
+    the switch the new model's first request waits for the old one's in-flight requests to end.""" 
 
     def __init__(self, info: ModelInfo, load: Callable[[], Any], check: Callable[[Any], str], queue_size: int,
                  metrics: Metrics, compute: threading.Lock, loading: threading.Event | None = None,
                  threads: int = 0) -> None:
         self.info, self.metrics, self.compute = info, metrics, compute
-        # Set while another model loads beside this one: generate with one thread fewer, leaving
-        # the loader a core instead of three threads fighting over two.
+        # Set while another model loads and smoke-tests beside this one: generate with one thread
+        # fewer, leaving the newcomer a core instead of three threads fighting over two.
         self.loading = loading or threading.Event()
         self.threads = threads
         self._threads_now = threads
@@ -108,17 +114,34 @@ class Slot:
             self.accepting = False
         self.jobs.put(None)  # blocks only while the queue is full, i.e. until a job starts
 
+    def make_room(self, timeout: float = 2.0) -> None:
+        """Once `loading` is set: wait (bounded) until this slot generates with one thread fewer or
+        is idle. A request already running when a load starts keeps all its threads (a non-streamed
+        one cannot change them midway), and loading beside it oversubscribes the cores: measured
+        here, 16-token requests at 2-3x their time instead of ~1.7x."""
+        deadline = time.monotonic() + timeout
+        while (self.threads > 1 and self.busy and self._threads_now >= self.threads
+               and time.monotonic() < deadline and self.thread.is_alive()):
+            time.sleep(0.005)
+
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)
 
     def _loop(self) -> None:
         started = time.monotonic()
+        name = self.info.key
         try:
+            log.debug("%.3f %s: load start", time.time(), name)
             self.llm = self._load()
             self.load_s = time.monotonic() - started
+            log.debug("%.3f %s: load end", time.time(), name)
+            beside = self.loading.is_set()  # another model is serving: take one core, not all
+            if beside and self.threads > 1:
+                self._set_threads(1)
+            self.smoke_text = self._check(self.llm)
             self.loading.clear()
-            with self.compute:  # between two requests of the old model, not on top of one
-                self.smoke_text = self._check(self.llm)
+            self._set_threads(self.threads)
+            log.debug("%.3f %s: smoke end", time.time(), name)
         except BaseException as exc:  # noqa: BLE001  (reported to whoever waits in wait_ready)
             self.error = exc
             self.accepting = False
@@ -140,15 +163,18 @@ class Slot:
                     self._run(job)
             finally:
                 self.busy = False
+        log.debug("%.3f %s: close start", time.time(), name)
         self.llm.close()
+        log.debug("%.3f %s: close end", time.time(), name)
 
-    def _fit_threads(self) -> None:
-        if self.threads <= 1:
-            return
-        wanted = self.threads - 1 if self.loading.is_set() else self.threads
-        if wanted != self._threads_now:
+    def _set_threads(self, wanted: int) -> None:
+        if wanted != self._threads_now and self.threads > 0:
             self.llm._ctx.set_n_threads(wanted, wanted)
             self._threads_now = wanted
+
+    def _fit_threads(self) -> None:
+        if self.threads > 1:
+            self._set_threads(self.threads - 1 if self.loading.is_set() else self.threads)
 
     def _run(self, job: Job) -> None:
         try:

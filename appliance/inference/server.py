@@ -101,7 +101,7 @@ class Inference:
         self.thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.compute = threading.Lock()  # one generation (or smoke test) at a time on this machine
-        self.loading = threading.Event()  # a new model is being read in beside the serving one
+        self.loading = threading.Event()  # a new model is loading and smoke-testing beside the serving one
 
     # loading
 
@@ -198,7 +198,8 @@ class Inference:
         marker = self.loading_marker
         marker.write_text(info.deployment_id or "")
         if old is not None and overlap:
-            self.loading.set()  # cleared by the new slot once its weights are in
+            self.loading.set()  # cleared by the new slot once it has passed its smoke test
+            old.make_room()
         slot = self._new_slot(info)
         try:
             slot.wait_ready()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from appliance.trainer.config import TrainConfig
+from appliance.trainer.swiglu import patch_gated_mlps
 
 
 def pick_device() -> torch.device:
@@ -44,6 +45,7 @@ def load(hf_dir: Path, cfg: TrainConfig, device: torch.device) -> Any:
     if not cfg.quantization_bit:
         model.to(device)  # type: ignore[arg-type]
     model.config.use_cache = False
+    patch_gated_mlps(model)
     # Non-reentrant checkpointing: no need to make the (frozen) embeddings' output require grad.
     ckpt_kwargs = {"use_reentrant": False}
     if cfg.quantization_bit:
