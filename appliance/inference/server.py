@@ -23,6 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlmodel import Session
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance import __version__
 from appliance.bootstrap import Runtime
@@ -385,6 +387,44 @@ def _error(status: int, message: str, kind: str, headers: dict[str, str] | None 
                         headers=headers)
 
 
+class KioskAuth:
+    """The kiosk key on `/v1/*`, and request counts by endpoint and status.
+
+    A plain ASGI middleware: Starlette's `@app.middleware("http")` passes every chunk of a streamed
+    answer through an extra in-memory stream and task switch, per token here."""
+
+    def __init__(self, app: ASGIApp, key: bytes, metrics: Metrics) -> None:
+        self.app, self.key, self.metrics = app, key, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "OPTIONS":
+            headers = Headers(scope=scope)
+            header = headers.get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else headers.get("x-api-key", "")
+            if not secrets.compare_digest(given.encode(), self.key):
+                self.metrics.requests.inc(endpoint=path, code="401")
+                await _error(401, "missing or wrong kiosk key", "invalid_api_key")(scope, receive, send)
+                return
+        status = 500  # unless the app starts a response
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            self.metrics.requests.inc(endpoint=path, code=str(status))
+            if status >= 400:
+                self.metrics.errors.inc(code=str(status))
+
+
 def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
     state = Inference(runtime)
     # The generating thread gives the GIL back between tokens; while a new model loads beside it, a
@@ -399,24 +439,7 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=runtime.settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    key = runtime.kiosk_key.encode()
-
-    @app.middleware("http")
-    async def kiosk_auth(request: Request, call_next: Any) -> Response:
-        path = request.url.path
-        endpoint = path if path.startswith("/v1/") else "other"
-        if path.startswith("/v1/") and request.method != "OPTIONS":
-            header = request.headers.get("authorization", "")
-            given = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-            if not secrets.compare_digest(given.encode(), key):
-                state.metrics.requests.inc(endpoint=endpoint, code="401")
-                return _error(401, "missing or wrong kiosk key", "invalid_api_key")
-        response: Response = await call_next(request)
-        if path.startswith("/v1/"):
-            state.metrics.requests.inc(endpoint=endpoint, code=str(response.status_code))
-            if response.status_code >= 400:
-                state.metrics.errors.inc(code=str(response.status_code))
-        return response
+    app.add_middleware(KioskAuth, key=runtime.kiosk_key.encode(), metrics=state.metrics)
 
     if start:
         @app.on_event("startup")
