@@ -145,7 +145,8 @@ def test_openai_client_chat_stream_json_and_models(served: tuple[Server, Control
     assert httpx.get(f"{server.base}/api/runs", headers={"Authorization": "Bearer test-admin-token"}).status_code == 404
     metrics = httpx.get(f"{server.base}/metrics").text
     assert 'appliance_inference_requests_total{code="200",endpoint="/v1/chat/completions"}' in metrics
-    assert 'appliance_inference_requests_total{code="401",endpoint="/v1/models"} 2' in metrics  # the wrong key, then none
+    # The wrong key, then none: both counted.
+    assert 'appliance_inference_requests_total{code="401",endpoint="/v1/models"} 2' in metrics
     assert f'appliance_inference_active_model{{artifact="",deployment="",model="{BUNDLED_ID}"}} 1' in metrics
     assert "appliance_inference_time_to_first_token_seconds_count 1" in metrics
 
