@@ -1,15 +1,15 @@
 """Inference: the appliance's HTTP endpoint versus llama-cpp-python called in-process, on the same
 GGUF and thread count, in one run; and a steady client's latency during hot swaps versus without.
 
-    .venv/bin/python bench/inference.py [--repeats 5] [--tokens 128]
+    .venv/bin/python bench/inference.py [--repeats 9] [--tokens 128]
 
 Throughput: a streamed greedy chat completion (same prompt, same seed, so both produce the same
 tokens); time to first token and decode tokens/s; the endpoint's share is the median over repeats
-of endpoint/in-process, each repeat running the two back to back. Swaps: a client sends short chat requests back to
-back; p50/p99 latency and failures without swaps, then while deployments alternate between the
-bundled model and its Q8_0 export every 2 s (overlap strategy): over all requests, and over those
-that overlapped a swap (deployment requested -> new model served). Uses its own data directory in
-bench/.work/inference. Writes bench/results/inference.json.
+of endpoint/in-process, each repeat running the two back to back. Swaps: a client sends short chat
+requests back to back; p50/p99 latency and failures without swaps, then while deployments
+alternate between the bundled model and its Q8_0 export every 2 s (overlap strategy): over all
+requests, and over those that overlapped a swap (deployment requested -> new model served). Uses
+its own data directory in bench/.work/inference. Writes bench/results/inference.json.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class Slot:
     the smoke test between two requests under the compute lock instead made the request behind it
     wait for the whole cold first evaluation (p99 3x the steady one); split cores keep the requests
     that overlap a swap within 2x. Requests themselves share one compute lock across slots: after
-    the switch the new model's first request waits for the old one's in-flight requests to end.""" 
+    the switch the new model's first request waits for the old one's in-flight requests to end."""
 
     def __init__(self, info: ModelInfo, load: Callable[[], Any], check: Callable[[Any], str], queue_size: int,
                  metrics: Metrics, compute: threading.Lock, loading: threading.Event | None = None,
@@ -129,19 +129,16 @@ class Slot:
 
     def _loop(self) -> None:
         started = time.monotonic()
-        name = self.info.key
         try:
-            log.debug("%.3f %s: load start", time.time(), name)
             self.llm = self._load()
             self.load_s = time.monotonic() - started
-            log.debug("%.3f %s: load end", time.time(), name)
-            beside = self.loading.is_set()  # another model is serving: take one core, not all
-            if beside and self.threads > 1:
+            if self.loading.is_set() and self.threads > 1:  # another model serves: smoke-test on one core
                 self._set_threads(1)
             self.smoke_text = self._check(self.llm)
             self.loading.clear()
             self._set_threads(self.threads)
-            log.debug("%.3f %s: smoke end", time.time(), name)
+            log.debug("%s: loaded in %.0f ms, smoke test passed %.0f ms later", self.info.key,
+                      self.load_s * 1000, (time.monotonic() - started - self.load_s) * 1000)
         except BaseException as exc:  # noqa: BLE001  (reported to whoever waits in wait_ready)
             self.error = exc
             self.accepting = False
@@ -163,9 +160,8 @@ class Slot:
                     self._run(job)
             finally:
                 self.busy = False
-        log.debug("%.3f %s: close start", time.time(), name)
         self.llm.close()
-        log.debug("%.3f %s: close end", time.time(), name)
+        log.debug("%s: closed", self.info.key)
 
     def _set_threads(self, wanted: int) -> None:
         if wanted != self._threads_now and self.threads > 0:

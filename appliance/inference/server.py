@@ -102,7 +102,7 @@ class Inference:
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.last_error: str | None = None
-        self.compute = threading.Lock()  # one generation (or smoke test) at a time on this machine
+        self.compute = threading.Lock()  # one generation at a time on this machine
         self.loading = threading.Event()  # a new model is loading and smoke-testing beside the serving one
 
     # loading

@@ -36,8 +36,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         grad = torch.empty_like(hidden)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        on_cpu = hidden.dtype == torch.float32 and hidden.device.type == "cpu"
-        buffer = _logits_buffer(weight.shape[0], hidden.dtype, hidden.device) if on_cpu else None
+        reuse = hidden.dtype == torch.float32 and hidden.device.type == "cpu"
+        buffer = _logits_buffer(weight.shape[0], hidden.dtype, hidden.device) if reuse else None
         for start in range(0, hidden.shape[0], CHUNK_ROWS):
             rows = slice(start, start + CHUNK_ROWS)
             chunk = hidden[rows]
