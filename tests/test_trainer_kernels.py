@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from appliance.trainer import loss as fused_loss
-from appliance.trainer.swiglu import SiluMul, patch_gated_mlps
+from appliance.trainer.kernels import LoraLinear, RMSNorm, SiluMul, patch_gated_mlps, patch_lora_linears, patch_norms
 
 
 @pytest.mark.parametrize("rows", [5, fused_loss.CHUNK_ROWS, fused_loss.CHUNK_ROWS * 2 + 37])
@@ -83,3 +83,55 @@ def test_patched_llama_mlp_trains_identically_and_keeps_less() -> None:
     assert torch.allclose(loss_a, loss_b)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_a, grads_b, strict=True))
     assert saved_b < saved_a  # silu(gate) is no longer kept for backward
+
+
+def test_rms_norm_gradients_match_autograd() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w: RMSNorm.apply(a, w, 1e-5), (x, weight))
+    reference = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
+    assert torch.allclose(RMSNorm.apply(x, weight, 1e-5), reference)
+
+
+def test_lora_linear_gradients_match_autograd() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(3, 4, 10, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(12, 10, dtype=torch.float64)
+    a = torch.randn(2, 10, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(12, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x_, a_, b_: LoraLinear.apply(x_, weight, a_, b_, 0.5), (x, a, b))
+    reference = x @ weight.t() + 0.5 * (x @ a.t()) @ b.t()
+    assert torch.allclose(LoraLinear.apply(x, weight, a, b, 0.5), reference)
+
+
+def test_patched_lora_llama_trains_like_plain_peft() -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    torch.manual_seed(0)
+    plain = get_peft_model(LlamaForCausalLM(config), lora)
+    for p in plain.parameters():  # LoRA B starts at zero; make the update non-trivial
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    patched = get_peft_model(LlamaForCausalLM(config), lora)
+    patched.load_state_dict(plain.state_dict())
+    assert patch_lora_linears(patched) == 4
+    assert patch_norms(patched) == 5  # two per layer and the final one
+    ids = torch.randint(0, 128, (2, 16))
+    losses, grads = [], []
+    for model in (plain, patched):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss)
+        grads.append([p.grad for p in model.parameters() if p.requires_grad])
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads, strict=True))
+    with torch.no_grad():  # an adapter switched off falls back to the base model, as in peft
+        with patched.disable_adapter():
+            off = patched(input_ids=ids).logits
+        with plain.disable_adapter():
+            assert torch.allclose(off, plain(input_ids=ids).logits, atol=1e-5)

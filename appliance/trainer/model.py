@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from appliance.trainer.config import TrainConfig
-from appliance.trainer.swiglu import patch_gated_mlps
+from appliance.trainer.kernels import patch_gated_mlps, patch_lora_linears, patch_norms
 
 
 def pick_device() -> torch.device:
@@ -60,7 +60,11 @@ def load(hf_dir: Path, cfg: TrainConfig, device: torch.device) -> Any:
         r=cfg.lora_rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.targets, task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    peft_model = get_peft_model(model, lora)
+    # The trainer's fused norm and LoRA projections (trainer/kernels.py): where a module matches them exactly.
+    patch_norms(peft_model)
+    patch_lora_linears(peft_model)
+    return peft_model
 
 
 def parts(peft_model: Any) -> tuple[Any, Any]:
