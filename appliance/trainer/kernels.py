@@ -23,6 +23,7 @@ precision) keeps its own forward.
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -127,34 +128,37 @@ def _lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
     return LoraLinear.apply(x, weight, a.weight, b.weight, float(self.scaling[name]))
 
 
-def patch_gated_mlps(model: torch.nn.Module) -> int:
-    """Use SiluMul in every SiLU-gated MLP of the model; returns how many were patched."""
+def _patch(model: torch.nn.Module, matches: Callable[[torch.nn.Module], bool], forward: Callable[..., Any]) -> int:
+    """Give every module that `matches` the given forward (this instance only); returns how many."""
     count = 0
     for module in model.modules():
-        act = getattr(module, "act_fn", None)
-        if (act is not None and type(act).__name__ in SILU_CLASSES
-                and all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj"))):
-            module.forward = types.MethodType(_mlp_forward, module)  # type: ignore[method-assign]
+        if matches(module):
+            module.forward = types.MethodType(forward, module)  # type: ignore[method-assign]
             count += 1
     return count
+
+
+def patch_gated_mlps(model: torch.nn.Module) -> int:
+    """Use SiluMul in every SiLU-gated MLP of the model."""
+    return _patch(model, lambda m: type(getattr(m, "act_fn", None)).__name__ in SILU_CLASSES
+                  and all(hasattr(m, n) for n in ("gate_proj", "up_proj", "down_proj")), _mlp_forward)
 
 
 def patch_norms(model: torch.nn.Module) -> int:
-    count = 0
-    for module in model.modules():
-        if type(module).__name__ in RMSNORM_CLASSES and hasattr(module, "variance_epsilon"):
-            module.forward = types.MethodType(_norm_forward, module)  # type: ignore[method-assign]
-            count += 1
-    return count
+    return _patch(model, lambda m: type(m).__name__ in RMSNORM_CLASSES and hasattr(m, "variance_epsilon"),
+                  _norm_forward)
 
 
 def patch_lora_linears(model: torch.nn.Module) -> int:
     """Fuse base projection and LoRA update in peft's plain LoRA Linear layers (not 4/8-bit ones)."""
     from peft.tuners.lora.layer import Linear as LoraLinearModule
 
-    count = 0
-    for module in model.modules():
-        if type(module) is LoraLinearModule and type(module.get_base_layer()) is torch.nn.Linear:
-            module.forward = types.MethodType(_lora_forward, module)  # type: ignore[method-assign]
-            count += 1
-    return count
+    return _patch(model, lambda m: type(m) is LoraLinearModule and type(m.get_base_layer()) is torch.nn.Linear,
+                  _lora_forward)
+
+
+def patch_model(model: torch.nn.Module) -> None:
+    """All of the above, on a (peft-wrapped) model."""
+    patch_gated_mlps(model)
+    patch_norms(model)
+    patch_lora_linears(model)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from appliance.trainer.config import TrainConfig
-from appliance.trainer.kernels import patch_gated_mlps, patch_lora_linears, patch_norms
+from appliance.trainer.kernels import patch_model
 
 
 def pick_device() -> torch.device:
@@ -45,7 +45,6 @@ def load(hf_dir: Path, cfg: TrainConfig, device: torch.device) -> Any:
     if not cfg.quantization_bit:
         model.to(device)  # type: ignore[arg-type]
     model.config.use_cache = False
-    patch_gated_mlps(model)
     # Non-reentrant checkpointing: no need to make the (frozen) embeddings' output require grad.
     ckpt_kwargs = {"use_reentrant": False}
     if cfg.quantization_bit:
@@ -61,9 +60,8 @@ def load(hf_dir: Path, cfg: TrainConfig, device: torch.device) -> Any:
         target_modules=cfg.targets, task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora)
-    # The trainer's fused norm and LoRA projections (trainer/kernels.py): where a module matches them exactly.
-    patch_norms(peft_model)
-    patch_lora_linears(peft_model)
+    # The trainer's own MLP, norm and LoRA-projection functions (trainer/kernels.py), where a module matches.
+    patch_model(peft_model)
     return peft_model
 
 
