@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -31,13 +33,22 @@ def test_fused_cross_entropy_matches_autograd(rows: int) -> None:
     assert hidden.grad[0, :2].abs().sum() == 0  # rows whose next token is unlabelled get no gradient
 
 
-def test_fused_cross_entropy_reuses_one_logits_buffer() -> None:
+def test_fused_cross_entropy_reuses_one_logits_buffer_per_thread() -> None:
     head = torch.nn.Linear(32, 500, bias=False).requires_grad_(False)
-    for rows in (3, 300, 40):
-        hidden = torch.randn(1, rows, 32, requires_grad=True)
-        fused_loss.label_loss(hidden, head, torch.randint(0, 500, (1, rows)), -100).backward()
-    assert len(fused_loss._LOGITS) == 1
-    assert next(iter(fused_loss._LOGITS.values())).shape == (fused_loss.CHUNK_ROWS, 500)
+
+    def losses(chunk_rows: int) -> torch.Tensor:
+        for rows in (3, 300, 40):
+            hidden = torch.randn(1, rows, 32, requires_grad=True)
+            fused_loss.label_loss(hidden, head, torch.randint(0, 500, (1, rows)), -100, chunk_rows).backward()
+        return fused_loss._local.logits
+
+    first = losses(fused_loss.CHUNK_ROWS)
+    assert first.shape == (fused_loss.CHUNK_ROWS, 500)
+    assert losses(fused_loss.CHUNK_ROWS).data_ptr() == first.data_ptr()  # kept between calls
+    with ThreadPoolExecutor(1) as pool:  # another thread has its own, of its own size
+        other = pool.submit(losses, 64).result()
+    assert other.shape == (64, 500) and other.data_ptr() != first.data_ptr()
+    assert fused_loss._local.logits is first
 
 
 def test_silu_mul_gradients_match_autograd() -> None:

@@ -26,8 +26,9 @@ from appliance import fsutil
 from appliance.models.chat import ChatTokenizer
 from appliance.trainer import data
 from appliance.trainer.config import TrainConfig
-from appliance.trainer.loss import label_loss
+from appliance.trainer.loss import CHUNK_ROWS, label_loss
 from appliance.trainer.model import load, parts, pick_device
+from appliance.trainer.parallel import ShardPool, has_active_dropout
 
 
 class TrainingError(Exception):
@@ -48,10 +49,46 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def token_loss(decoder: Any, head: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def token_loss(decoder: Any, head: Any, batch: dict[str, torch.Tensor], chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
     """Summed cross-entropy over label positions only (see trainer/loss.py)."""
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    return label_loss(hidden, head, batch["labels"], data.IGNORE)
+    return label_loss(hidden, head, batch["labels"], data.IGNORE, chunk_rows)
+
+
+class ShardedPass:
+    """Forward and backward of a batch's examples, sharded over the CPU's cores (trainer/parallel.py)."""
+
+    def __init__(self, decoder: Any, head: Any, params: list[torch.nn.Parameter], pool: ShardPool, pad_id: int,
+                 device: torch.device) -> None:
+        self.decoder, self.head, self.params, self.pool = decoder, head, params, pool
+        self.pad_id, self.device = pad_id, device
+        self.chunk_rows = max(16, CHUNK_ROWS // pool.shards)  # one logits buffer per shard thread
+
+    def _loss(self, examples: list[data.Example]) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in data.collate(examples, self.pad_id).items()}
+        return token_loss(self.decoder, self.head, batch, self.chunk_rows)
+
+    def accumulate(self, examples: list[data.Example], n_labels: int) -> float:
+        """Adds d(summed loss / n_labels)/dparams of `examples` to the parameters' .grad; returns that loss."""
+
+        def shard(part: list[data.Example]) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+            loss = self._loss(part) / n_labels
+            return loss.item(), torch.autograd.grad(loss, self.params, allow_unused=True)
+
+        value = 0.0
+        for shard_loss, grads in self.pool.map(shard, examples):  # in shard order: a deterministic sum
+            value += shard_loss
+            for p, g in zip(self.params, grads, strict=True):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad.add_(g)
+        return value
+
+    def summed_loss(self, examples: list[data.Example]) -> float:
+        def shard(part: list[data.Example]) -> float:
+            with torch.no_grad():  # grad mode is per thread
+                return float(self._loss(part).item())
+
+        return sum(self.pool.map(shard, examples))
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -114,15 +151,12 @@ def check_health(step: int, loss: float, grad_norm: float, history: list[float])
         raise TrainingError(f"the loss has not moved in the first 10 steps (stuck at {history[0]:.6f})")
 
 
-def evaluate(decoder: Any, head: Any, examples: list[data.Example], batch_size: int, pad_id: int,
-             device: torch.device) -> float:
+def evaluate(sharded: ShardedPass, examples: list[data.Example], batch_size: int) -> float:
     total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i : i + batch_size]
-            batch = {k: v.to(device) for k, v in data.collate(chunk, pad_id).items()}
-            total += token_loss(decoder, head, batch).item()
-            count += sum(e.label_count for e in chunk)
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        total += sharded.summed_loss(chunk)
+        count += sum(e.label_count for e in chunk)
     return total / max(count, 1)
 
 
@@ -152,6 +186,12 @@ def train(spec: dict[str, Any]) -> None:
     warmup = cfg.warmup_steps or math.ceil(total * cfg.warmup_ratio)
     sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup, num_training_steps=total)
 
+    # Sharding changes no result, but dropout's random draws would come in thread order, and bitsandbytes'
+    # CPU kernels repack weights on first use (not from two threads at once): unsharded then.
+    shard = not has_active_dropout(model) and not cfg.quantization_bit
+    pool = ShardPool(device, cfg.per_device_train_batch_size, enabled=shard)
+    sharded = ShardedPass(decoder, head, params, pool, pad_id, device)
+    log(f"{pool.shards} shard(s) per batch, {pool.threads_per_shard} thread(s) each")
     state: dict[str, Any] = {"best_eval": None, "evals_since_best": 0}
     start = 0
     if spec.get("resume_from"):
@@ -169,10 +209,7 @@ def train(spec: dict[str, Any]) -> None:
         for batch in micro:
             # Each part's summed loss over the step's label count: the same gradient as one pass.
             for part in data.split_for_memory(batch, cfg.forward_token_budget):
-                inputs = {k: v.to(device) for k, v in data.collate(part, pad_id).items()}
-                loss = token_loss(decoder, head, inputs) / n_labels
-                loss.backward()
-                loss_value += loss.item()
+                loss_value += sharded.accumulate(part, n_labels)
             real_tokens += sum(len(e.input_ids) for e in batch)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         if start == 0 and len(history) < 10:
@@ -190,7 +227,7 @@ def train(spec: dict[str, Any]) -> None:
         stop = False
         if val_set and (step % eval_every == 0 or step == total):
             model.eval()
-            eval_loss = evaluate(decoder, head, val_set, cfg.per_device_train_batch_size, pad_id, device)
+            eval_loss = evaluate(sharded, val_set, cfg.per_device_train_batch_size)
             model.train()
             emit("metric", kind="eval", step=step, loss=eval_loss)
             if state["best_eval"] is None or eval_loss < state["best_eval"]:
@@ -204,6 +241,7 @@ def train(spec: dict[str, Any]) -> None:
         if stop:
             log(f"early stop at step {step}: eval loss has not improved in {cfg.early_stopping_steps} evals")
             break
+    pool.close()
     with fsutil.temp_path(run_dir / "tmp") as tmp:
         model.save_pretrained(str(tmp))
         if (run_dir / "adapter").exists():  # left by a crash after publishing, before recording

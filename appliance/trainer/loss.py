@@ -9,6 +9,7 @@ chunk of logits ever exists.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -16,30 +17,33 @@ import torch
 CHUNK_ROWS = 256
 
 
-_LOGITS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+_local = threading.local()
 
 
-def _logits_buffer(vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """One chunk's logits on CPU, kept between steps: a fresh 50 MB buffer per chunk costs page faults
-    (jemalloc hands such sizes back to the system at once), measured at a third of the matmul's speed."""
-    key = (vocab, dtype, device)
-    if key not in _LOGITS:
-        _LOGITS.clear()
-        _LOGITS[key] = torch.empty(CHUNK_ROWS, vocab, dtype=dtype, device=device)
-    return _LOGITS[key]
+def _logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One chunk's logits on CPU, kept between steps by each thread that computes losses: a fresh 50 MB
+    buffer per chunk costs page faults (jemalloc hands such sizes back to the system at once), measured at
+    a third of the matmul's speed."""
+    buffer = getattr(_local, "logits", None)
+    if buffer is None or buffer.shape != (rows, vocab) or buffer.dtype != dtype or buffer.device != device:
+        _local.logits = buffer = None  # the old one freed before the new one is made
+        _local.logits = buffer = torch.empty(rows, vocab, dtype=dtype, device=device)
+    return buffer
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
     """sum over rows of CE(hidden @ weight.T, labels), for a weight that needs no gradient."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int
+    ) -> torch.Tensor:
         grad = torch.empty_like(hidden)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         reuse = hidden.dtype == torch.float32 and hidden.device.type == "cpu"
-        buffer = _logits_buffer(weight.shape[0], hidden.dtype, hidden.device) if reuse else None
-        for start in range(0, hidden.shape[0], CHUNK_ROWS):
-            rows = slice(start, start + CHUNK_ROWS)
+        buffer = _logits_buffer(chunk_rows, weight.shape[0], hidden.dtype, hidden.device) if reuse else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
             chunk = hidden[rows]
             if buffer is not None:
                 # In place, one buffer throughout: logits, log-probabilities, probabilities, dCE/dlogits.
@@ -56,13 +60,16 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         (grad,) = ctx.saved_tensors
-        return grad * upstream.to(grad.dtype), None, None
+        return grad * upstream.to(grad.dtype), None, None, None
 
 
-def label_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, ignore: int) -> torch.Tensor:
-    """Summed next-token cross-entropy over positions whose (shifted) label is not `ignore`."""
+def label_loss(
+    hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, ignore: int, chunk_rows: int = CHUNK_ROWS
+) -> torch.Tensor:
+    """Summed next-token cross-entropy over positions whose (shifted) label is not `ignore`, `chunk_rows`
+    rows of logits at a time."""
     targets = labels[:, 1:]
     keep = targets != ignore
     rows = hidden[:, :-1][keep]
@@ -71,6 +78,6 @@ def label_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor
         # A trainable or biased head (not the case for LoRA on the usual targets): plain autograd.
         logits = head(rows).float()
         return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
-    out = FusedLinearCrossEntropy.apply(rows, weight, targets[keep])
+    out = FusedLinearCrossEntropy.apply(rows, weight, targets[keep], chunk_rows)
     assert isinstance(out, torch.Tensor)
     return out
