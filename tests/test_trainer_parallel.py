@@ -7,7 +7,7 @@ import torch
 
 from appliance.trainer.data import Example
 from appliance.trainer.loop import ShardedPass
-from appliance.trainer.parallel import ShardPool, balanced_shards, has_active_dropout
+from appliance.trainer.parallel import ShardPool, balanced_shards, can_shard, has_active_dropout
 
 
 def _examples(lengths: list[int], vocab: int = 128, seed: int = 0) -> list[Example]:
@@ -89,6 +89,10 @@ def test_sharded_step_gives_the_whole_batch_gradient_deterministically(checkpoin
 def test_shards_only_on_cpu_without_dropout() -> None:
     assert has_active_dropout(_peft_llama(lora_dropout=0.1))
     assert not has_active_dropout(_peft_llama())
+    assert can_shard(_peft_llama()) and not can_shard(_peft_llama(lora_dropout=0.1))
+    import bitsandbytes as bnb
+
+    assert not can_shard(torch.nn.Sequential(bnb.nn.Linear4bit(8, 8)))
     assert ShardPool(torch.device("cuda"), 4, cores=8).shards == 1
     pool = ShardPool(torch.device("cpu"), 4, cores=8)
     try:

@@ -28,7 +28,7 @@ from appliance.trainer import data
 from appliance.trainer.config import TrainConfig
 from appliance.trainer.loss import CHUNK_ROWS, label_loss
 from appliance.trainer.model import load, parts, pick_device
-from appliance.trainer.parallel import ShardPool, has_active_dropout
+from appliance.trainer.parallel import ShardPool, can_shard
 
 
 class TrainingError(Exception):
@@ -186,10 +186,7 @@ def train(spec: dict[str, Any]) -> None:
     warmup = cfg.warmup_steps or math.ceil(total * cfg.warmup_ratio)
     sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup, num_training_steps=total)
 
-    # Sharding changes no result, but dropout's random draws would come in thread order, and bitsandbytes'
-    # CPU kernels repack weights on first use (not from two threads at once): unsharded then.
-    shard = not has_active_dropout(model) and not cfg.quantization_bit
-    pool = ShardPool(device, cfg.per_device_train_batch_size, enabled=shard)
+    pool = ShardPool(device, cfg.per_device_train_batch_size, enabled=can_shard(model))
     sharded = ShardedPass(decoder, head, params, pool, pad_id, device)
     log(f"{pool.shards} shard(s) per batch, {pool.threads_per_shard} thread(s) each")
     state: dict[str, Any] = {"best_eval": None, "evals_since_best": 0}

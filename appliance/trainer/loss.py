@@ -26,8 +26,8 @@ def _logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.devi
     a third of the matmul's speed."""
     buffer = getattr(_local, "logits", None)
     if buffer is None or buffer.shape != (rows, vocab) or buffer.dtype != dtype or buffer.device != device:
-        _local.logits = buffer = None  # the old one freed before the new one is made
-        _local.logits = buffer = torch.empty(rows, vocab, dtype=dtype, device=device)
+        _local.logits = None  # the old one freed before the new one is made
+        buffer = _local.logits = torch.empty(rows, vocab, dtype=dtype, device=device)
     return buffer
 
 

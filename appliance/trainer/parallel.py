@@ -35,6 +35,14 @@ def has_active_dropout(model: torch.nn.Module) -> bool:
     return any(("dropout" in k or "pdrop" in k) and isinstance(v, float) and v > 0 for k, v in rates.items())
 
 
+def can_shard(model: torch.nn.Module) -> bool:
+    """Whether sharding keeps the run's results: no active dropout (its random draws would come in thread
+    order) and no 4/8-bit bitsandbytes layers (their CPU kernels repack weights on first use, not from two
+    threads at once)."""
+    quantized = any(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
+    return not quantized and not has_active_dropout(model)
+
+
 def balanced_shards(batch: Sequence[Example], shards: int) -> list[list[Example]]:
     """Split examples into at most `shards` groups of near-equal token counts: longest first, each to the
     lightest group (ties to the lowest). Keeps the batch's order within each group. Empty groups dropped."""
@@ -63,12 +71,9 @@ class ShardPool:
                 initargs=(self.threads_per_shard,),
             )
 
-    def split(self, batch: Sequence[Example]) -> list[list[Example]]:
-        return balanced_shards(batch, self.shards) if self.shards > 1 else [list(batch)]
-
     def map(self, fn: Callable[[list[Example]], T], batch: Sequence[Example]) -> list[T]:
         """fn on each shard of `batch`, results in shard order; the first exception is raised."""
-        shards = self.split(batch)
+        shards = balanced_shards(batch, self.shards)
         if self._pool is None or len(shards) == 1:
             return [fn(s) for s in shards]
         return list(self._pool.map(fn, shards))
