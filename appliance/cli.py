@@ -314,7 +314,8 @@ def runs_create(
     try:
         run = create_run(engine=runtime.engine, paths=runtime.paths, dataset_id=dataset,
                          base_model_id=model or (None if "model_name_or_path" in overrides else BUNDLED_ID),
-                         config=overrides, preset=preset, name=name)
+                         config=overrides, preset=preset, name=name,
+                         kiosk_min_share=runtime.settings.kiosk_min_share)
     except ApplianceError as exc:
         raise _fail(exc) from exc
     _print(_run_public(runtime, run.id))

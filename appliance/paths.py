@@ -8,6 +8,7 @@
       runs/<run_id>/          training output (checkpoints, adapter)
       artifacts/<id>/         exported files
       tmp/                    work in progress; same filesystem, so a finished file is renamed in
+      serving.lock            held by the inference server while kiosk requests are in flight
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ class Paths:
 
     def artifact_dir(self, artifact_id: str) -> Path:
         return self.root / "artifacts" / _check_id(artifact_id)
+
+    @property
+    def serving_lock(self) -> Path:
+        """Kiosks first (appliance/serving.py): held while kiosk requests are in flight."""
+        return self.root / "serving.lock"
 
     @property
     def tmp(self) -> Path:

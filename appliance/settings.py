@@ -69,6 +69,20 @@ class Settings(BaseSettings):
         "(Debian/Ubuntu package libjemalloc2; about 20% lower peak memory than glibc's malloc, measured), "
         "'system' keeps the C library's.",
     )
+    serving_priority: bool = Field(
+        True,
+        description="Kiosks first: training, export and evaluation processes run at idle CPU priority "
+        "(Linux SCHED_IDLE) and wait between their steps while kiosk requests are in flight, so kiosks "
+        "answer at full speed while the box trains. Off: both compete for the cores as equals.",
+    )
+    training_min_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Under continuous kiosk traffic, the least share of wall-clock time (over the last "
+        "minute) a training, export or evaluation process still runs, so it is never starved. 1 = never "
+        "wait for kiosks.",
+    )
     inference_threads: int = Field(
         0, ge=0, description="CPU threads llama.cpp uses per generation; 0 = all cores."
     )
@@ -99,3 +113,8 @@ class Settings(BaseSettings):
         description="Origins allowed to call the inference server from a browser (CORS). Empty: CORS off.",
     )
     log_level: str = Field("info", description="Log level of the appliance's processes (debug, info, warning).")
+
+    @property
+    def kiosk_min_share(self) -> float | None:
+        """The share training keeps under continuous kiosk traffic; None when serving priority is off."""
+        return self.training_min_share if self.serving_priority else None

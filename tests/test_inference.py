@@ -29,6 +29,7 @@ from appliance.api.app import create_app
 from appliance.bootstrap import bootstrap
 from appliance.db.tables import Artifact
 from appliance.models.registry import BUNDLED_ID
+from appliance.serving import kiosks_active
 
 KEY = "test-kiosk-key"
 QUESTION = [{"role": "user", "content": "Where is the pharmacy?"}]
@@ -149,6 +150,27 @@ def test_openai_client_chat_stream_json_and_models(served: tuple[Server, Control
     assert 'appliance_inference_requests_total{code="401",endpoint="/v1/models"} 2' in metrics
     assert f'appliance_inference_active_model{{artifact="",deployment="",model="{BUNDLED_ID}"}} 1' in metrics
     assert "appliance_inference_time_to_first_token_seconds_count 1" in metrics
+
+
+def test_requests_in_flight_hold_the_serving_signal_for_worker_children(served: tuple[Server, ControlPlane]) -> None:
+    """Kiosks first: while a kiosk request is generating, training/export children see the signal and wait;
+    it is released when the answer ends and when a client goes away mid-stream."""
+    server, cp = served
+    lock = cp.runtime.paths.serving_lock
+    client = server.client()
+    assert not kiosks_active(lock)
+    for disconnect in (False, True):
+        stream = chat(client, stream=True, max_tokens=40)
+        next(iter(stream))  # the first token is out: the request is generating
+        assert kiosks_active(lock)
+        if disconnect:
+            stream.close()
+        else:
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        deadline = time.monotonic() + 30
+        while kiosks_active(lock):
+            assert time.monotonic() < deadline, "the signal outlived the request"
+            time.sleep(0.05)
 
 
 def test_two_streams_do_not_cut_each_other_off(served: tuple[Server, ControlPlane]) -> None:

@@ -23,6 +23,7 @@ from sqlmodel import Session, select
 from appliance.api.app import create_app
 from appliance.bootstrap import Runtime, bootstrap
 from appliance.db.tables import Event
+from appliance.serving import ServingSignal
 from appliance.worker.worker import Worker
 
 PLACES = ["pharmacy", "lab", "x-ray room", "cafeteria", "parking", "front desk", "billing office", "chapel"]
@@ -213,15 +214,54 @@ report_to: none
                                                                                       "q_proj,v_proj", 9)
 
 
-@pytest.mark.parametrize("power_cut_in_checkpoint", [False, True], ids=["kill -9 after a checkpoint",
-                                                                       "power cut during a checkpoint write"])
+def test_a_run_under_continuous_kiosk_traffic_progresses_records_its_wait_and_learns_the_same(
+    data_dir: Path, reference_losses: dict[int, float]
+) -> None:
+    """Kiosks busy for the whole run (the inference server's signal held throughout): the run still
+    finishes at its minimum share, says how long it waited, and computes exactly what it computes alone."""
+    e = Env(data_dir, training_min_share=0.5)
+    kiosks = ServingSignal(e.runtime.paths.serving_lock)
+    kiosks.enter()
+    try:
+        run = e.create(CRASH_CONFIG)
+        assert "kiosks" in run["estimate"]["note"] and run["estimate"]["seconds_under_kiosk_load"] > 0
+        worker = Worker(e.runtime)
+        policies: set[int] = set()
+
+        def step() -> None:
+            worker.run_once()
+            if worker.job is not None and worker.job.proc.poll() is None:
+                policies.add(os.sched_getscheduler(worker.job.proc.pid))
+
+        wait_for(lambda: e.run(run["id"])["status"] in ("succeeded", "failed"), 600, step)
+        done = e.run(run["id"])
+        assert done["status"] == "succeeded", done["error"]
+        assert policies == {os.SCHED_IDLE}  # the trainer ran below serving
+        assert done["paused_for_serving_s"] > 0
+        log = (e.runtime.paths.run_dir(run["id"]) / "train.log").read_text()
+        assert "for kiosk requests" in log
+        events = e.client.get(f"/api/runs/{run['id']}/events").text
+        assert '"paused_for_serving_s"' in events
+        losses = e.losses(run["id"])
+        assert losses == reference_losses  # pausing changes timing, never results: bit for bit
+    finally:
+        kiosks.close()
+        e.close()
+
+
+@pytest.mark.parametrize("power_cut_in_checkpoint,kiosks_busy", [(False, False), (True, False), (False, True)],
+                         ids=["kill -9 after a checkpoint", "power cut during a checkpoint write",
+                              "kill -9 while kiosks are busy"])
 def test_resume_after_kill_matches_an_uninterrupted_run(
-    env: Env, reference_losses: dict[int, float], power_cut_in_checkpoint: bool
+    env: Env, reference_losses: dict[int, float], power_cut_in_checkpoint: bool, kiosks_busy: bool
 ) -> None:
     run = env.create(CRASH_CONFIG)
     run_dir = env.runtime.paths.run_dir(run["id"])
     fault = {"APPLIANCE_FAULT_POWER_CUT_IN_CHECKPOINT": "6"} if power_cut_in_checkpoint else {}
-    first = env.worker_process(**fault)
+    kiosks = ServingSignal(env.runtime.paths.serving_lock)
+    if kiosks_busy:  # the run pauses between micro-batches for the whole first attempt
+        kiosks.enter()
+    first = env.worker_process(APPLIANCE_TRAINING_MIN_SHARE="0.5", **fault)
     try:
         if power_cut_in_checkpoint:
             first.wait(300)  # the fault kills the worker and its child while step 6 is being written
@@ -240,7 +280,9 @@ def test_resume_after_kill_matches_an_uninterrupted_run(
     finally:
         if first.poll() is None:
             first.kill()
+        kiosks.close()
     assert env.run(run["id"])["status"] == "running"  # as the dead worker left it
+    assert (env.run(run["id"])["paused_for_serving_s"] > 0) == kiosks_busy
     second = env.worker_process()
     try:
         wait_for(lambda: env.run(run["id"])["status"] in ("succeeded", "failed"), 300)

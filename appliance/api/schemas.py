@@ -126,6 +126,8 @@ class RunPublic(BaseModel):
     estimate: dict[str, Any] | None = Field(description="Pre-flight estimate: peak memory, steps, seconds")
     result: dict[str, Any] | None
     attempts: int = Field(description="How many times a worker started it (resumes count)")
+    paused_for_serving_s: float = Field(
+        description="Seconds the run waited while kiosk requests were answered (serving has priority)")
     checkpoints: list[CheckpointPublic]
     adapter_artifact_id: str | None
     created_at: datetime
@@ -141,6 +143,7 @@ class RunPublic(BaseModel):
             preset=r.preset, config=json.loads(r.config_json), step=r.step, max_steps=r.max_steps, loss=r.loss,
             error=r.error, estimate=json.loads(r.estimate_json) if r.estimate_json else None,
             result=json.loads(r.result_json) if r.result_json else None, attempts=r.attempts,
+            paused_for_serving_s=round(r.paused_for_serving_s, 3),
             checkpoints=[CheckpointPublic(step=c.step, created_at=c.created_at) for c in ckpts],
             adapter_artifact_id=adapter.first(), created_at=r.created_at, started_at=r.started_at,
             finished_at=r.finished_at,

@@ -90,6 +90,8 @@ class Run(SQLModel, table=True):
     estimate_json: str | None = None
     result_json: str | None = None
     attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Seconds the run waited for kiosk requests (serving has priority; appliance/serving.py), all attempts.
+    paused_for_serving_s: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
     worker_pid: int | None = None
     heartbeat_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError
+from appliance.serving import ServingGate
 
 
 def emit(kind: str, **fields: Any) -> None:
@@ -26,13 +27,15 @@ def emit(kind: str, **fields: Any) -> None:
 
 
 class Reporter:
-    """Progress over the whole job: stages have fixed shares of the bar."""
+    """Progress over the whole job: stages have fixed shares of the bar. Each report is also a point
+    between two steps (stages, tensors) where the export waits while kiosks are answered."""
 
-    def __init__(self, stages: list[tuple[str, float]]) -> None:
-        self.stages = stages
+    def __init__(self, stages: list[tuple[str, float]], gate: ServingGate) -> None:
+        self.stages, self.gate = stages, gate
         self.last = 0.0
 
     def __call__(self, stage: str, fraction: float, detail: str = "") -> None:
+        self.gate.wait()
         start = 0.0
         for name, share in self.stages:
             if name == stage:
@@ -65,10 +68,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     adapter = Path(spec["adapter_dir"]) if spec.get("adapter_dir") else None
     kind, out_type, name = spec["kind"], spec["type"], spec["name"]
     result: dict[str, Any] = {"files": []}
+    gate = ServingGate.from_spec(spec.get("serving"))
 
     if kind == "gguf-adapter":
         assert adapter is not None
-        report = Reporter([("write", 0.1), ("merge", 0.3), ("verify", 0.6)])
+        report = Reporter([("write", 0.1), ("merge", 0.3), ("verify", 0.6)], gate)
         out = work / f"{name}.lora.{out_type}.gguf"
         result["summary"] = write_adapter_gguf(adapter, base_hf, out, name=name, out_type=out_type)
         report("write", 1.0)
@@ -83,12 +87,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         figures["checked_on"] = "an f16 GGUF of the base model with this adapter applied (lora_path)"
         report("verify", 1.0)
         result.update(main=out.name, files=[out.name], verification=figures,
-                      failure=verify.verdict("f16", figures))
+                      failure=verify.verdict("f16", figures), paused_for_serving_s=round(gate.paused_s, 3))
         return result
 
     direct = out_type in DIRECT_TYPES
     report = Reporter([("merge", 0.25), ("write", 0.35 if direct else 0.2), ("quantize", 0.0 if direct else 0.15),
-                       ("verify", 0.4)])
+                       ("verify", 0.4)], gate)
     merged_dir = Path(spec["merged_dir"]) if spec.get("merged_dir") else None
     if adapter is not None and merged_dir is None:
         model = merge.merge(base_hf, adapter)
@@ -112,7 +116,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     report("verify", 1.0)
     (work / "Modelfile").write_text(render_modelfile(out.name, src))
     result.update(main=out.name, files=[out.name, "Modelfile"], verification=figures,
-                  failure=verify.verdict(out_type, figures))
+                  failure=verify.verdict(out_type, figures), paused_for_serving_s=round(gate.paused_s, 3))
     return result
 
 

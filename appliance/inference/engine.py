@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.inference.metrics import Metrics
+from appliance.serving import ServingSignal
 
 END = object()
 log = logging.getLogger("appliance.inference")
@@ -67,8 +68,10 @@ class Slot:
 
     def __init__(self, info: ModelInfo, load: Callable[[], Any], check: Callable[[Any], str], queue_size: int,
                  metrics: Metrics, compute: threading.Lock, loading: threading.Event | None = None,
-                 threads: int = 0) -> None:
+                 threads: int = 0, serving: ServingSignal | None = None) -> None:
         self.info, self.metrics, self.compute = info, metrics, compute
+        # Held from a request's acceptance to its end: worker children wait while it is (serving.py).
+        self.serving = serving
         # Set while another model loads and smoke-tests beside this one: generate with one thread
         # fewer, leaving the newcomer a core instead of three threads fighting over two.
         self.loading = loading or threading.Event()
@@ -102,6 +105,8 @@ class Slot:
                 self.jobs.put_nowait(job)
             except queue.Full:
                 return "full"
+            if self.serving is not None:
+                self.serving.enter()
         self.metrics.queue_depth.set(self.jobs.qsize())
         return "ok"
 
@@ -152,14 +157,16 @@ class Slot:
             self.metrics.queue_depth.set(self.jobs.qsize())
             if job is None:
                 break
-            if job.cancelled.is_set():
-                continue
-            self.busy = True
             try:
+                if job.cancelled.is_set():
+                    continue
+                self.busy = True
                 with self.compute:
                     self._run(job)
             finally:
                 self.busy = False
+                if self.serving is not None:
+                    self.serving.leave()
         self.llm.close()
         log.debug("%s: closed", self.info.key)
 

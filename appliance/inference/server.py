@@ -33,6 +33,7 @@ from appliance.inference.engine import END, Job, ModelInfo, Slot
 from appliance.inference.metrics import Metrics
 from appliance.jobs import deployments
 from appliance.models.registry import BUNDLED_ID
+from appliance.serving import ServingSignal
 
 log = logging.getLogger("appliance.inference")
 SMOKE_MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -104,6 +105,8 @@ class Inference:
         self.last_error: str | None = None
         self.compute = threading.Lock()  # one generation at a time on this machine
         self.loading = threading.Event()  # a new model is loading and smoke-testing beside the serving one
+        # Kiosks first: worker children wait between their steps while this is held (appliance/serving.py).
+        self.serving = ServingSignal(runtime.paths.serving_lock) if runtime.settings.serving_priority else None
 
     # loading
 
@@ -125,7 +128,7 @@ class Inference:
 
     def _new_slot(self, info: ModelInfo) -> Slot:
         return Slot(info, lambda: self.load(info), self.smoke, self.settings.inference_queue, self.metrics,
-                    self.compute, self.loading, self.threads)
+                    self.compute, self.loading, self.threads, self.serving)
 
     @property
     def threads(self) -> int:

@@ -48,7 +48,7 @@ def resolve_config(preset: str | None, config: dict[str, Any]) -> TrainConfig:
 
 def create_run(
     *, engine: Engine, paths: Paths, dataset_id: str, base_model_id: str | None, config: dict[str, Any],
-    preset: str | None = None, name: str | None = None,
+    preset: str | None = None, name: str | None = None, kiosk_min_share: float | None = None,
 ) -> Run:
     cfg = resolve_config(preset, config)
     model_id = base_model_id or cfg.model_name_or_path
@@ -78,7 +78,8 @@ def create_run(
     mean_tokens = stats.total_tokens / dataset.rows if stats else dataset.characters / dataset.rows / 4 + 16
     rows = min(dataset.rows, cfg.max_samples or dataset.rows)
     est = preflight.estimate(
-        hf_dir=paths.resolve(model.hf_path), parameters=model.parameters, cfg=cfg, rows=rows, mean_tokens=mean_tokens
+        hf_dir=paths.resolve(model.hf_path), parameters=model.parameters, cfg=cfg, rows=rows, mean_tokens=mean_tokens,
+        kiosk_min_share=kiosk_min_share,
     )
     if not est.fits:
         raise _bad(
@@ -165,12 +166,14 @@ def claim_next(*, engine: Engine, pid: int) -> Run | None:
         return get_run(session, run_id)
 
 
-def heartbeat(*, engine: Engine, run_id: str) -> str:
-    """Refresh the heartbeat; returns the run's status (the worker stops a cancelled run)."""
+def heartbeat(*, engine: Engine, run_id: str, paused_s: float = 0.0) -> str:
+    """Refresh the heartbeat and add the seconds the run waited for kiosks since the last one; returns the
+    run's status (the worker stops a cancelled run)."""
     with write_session(engine) as session:
         run = get_run(session, run_id)
         if run.status == RunStatus.running:
             run.heartbeat_at = _now()
+            run.paused_for_serving_s += paused_s
             session.add(run)
         return str(run.status)
 
@@ -256,7 +259,7 @@ def forget_after(*, engine: Engine, run_id: str, step: int) -> None:
 
 def finish_run(
     *, engine: Engine, paths: Paths, run_id: str, ok: bool, error: str | None = None,
-    result: dict[str, Any] | None = None, adapter: Path | None = None,
+    result: dict[str, Any] | None = None, adapter: Path | None = None, paused_s: float = 0.0,
 ) -> str:
     """Record how the child ended. A run cancelled meanwhile stays cancelled."""
     with write_session(engine) as session:
@@ -264,6 +267,7 @@ def finish_run(
         if run.status != RunStatus.running:
             return str(run.status)
         run.finished_at, run.worker_pid = _now(), None
+        run.paused_for_serving_s += paused_s
         if ok and adapter is not None:
             weights = adapter / "adapter_model.safetensors"
             session.add(Artifact(

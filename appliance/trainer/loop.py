@@ -24,6 +24,7 @@ import torch
 
 from appliance import fsutil
 from appliance.models.chat import ChatTokenizer
+from appliance.serving import ServingGate
 from appliance.trainer import data
 from appliance.trainer.config import TrainConfig
 from appliance.trainer.loss import CHUNK_ROWS, label_loss
@@ -151,9 +152,18 @@ def check_health(step: int, loss: float, grad_norm: float, history: list[float])
         raise TrainingError(f"the loss has not moved in the first 10 steps (stuck at {history[0]:.6f})")
 
 
-def evaluate(sharded: ShardedPass, examples: list[data.Example], batch_size: int) -> float:
+def yield_to_kiosks(gate: ServingGate) -> None:
+    """Between micro-batches: wait while kiosk requests are in flight (appliance/serving.py). Pausing
+    changes when a step runs, never what it computes: no random draw or data position depends on it."""
+    waited = gate.wait()
+    if waited > 0:
+        emit("paused", seconds=round(waited, 4))
+
+
+def evaluate(sharded: ShardedPass, examples: list[data.Example], batch_size: int, gate: ServingGate) -> float:
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
+        yield_to_kiosks(gate)
         chunk = examples[i : i + batch_size]
         total += sharded.summed_loss(chunk)
         count += sum(e.label_count for e in chunk)
@@ -198,6 +208,7 @@ def train(spec: dict[str, Any]) -> None:
     model.train()
     history: list[float] = []
     eval_every = cfg.eval_steps or cfg.save_steps
+    gate = ServingGate.from_spec(spec.get("serving"))
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         micro = [plan.micro_batch((step - 1) * ga + j) for j in range(ga)]
@@ -206,6 +217,7 @@ def train(spec: dict[str, Any]) -> None:
         for batch in micro:
             # Each part's summed loss over the step's label count: the same gradient as one pass.
             for part in data.split_for_memory(batch, cfg.forward_token_budget):
+                yield_to_kiosks(gate)
                 loss_value += sharded.accumulate(part, n_labels)
             real_tokens += sum(len(e.input_ids) for e in batch)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -224,7 +236,7 @@ def train(spec: dict[str, Any]) -> None:
         stop = False
         if val_set and (step % eval_every == 0 or step == total):
             model.eval()
-            eval_loss = evaluate(sharded, val_set, cfg.per_device_train_batch_size)
+            eval_loss = evaluate(sharded, val_set, cfg.per_device_train_batch_size, gate)
             model.train()
             emit("metric", kind="eval", step=step, loss=eval_loss)
             if state["best_eval"] is None or eval_loss < state["best_eval"]:
@@ -244,6 +256,7 @@ def train(spec: dict[str, Any]) -> None:
         if (run_dir / "adapter").exists():  # left by a crash after publishing, before recording
             shutil.rmtree(run_dir / "adapter")
         fsutil.publish(tmp, run_dir / "adapter")
+    log(f"waited {gate.paused_s:.1f} s for kiosk requests in this attempt")
     emit("done", adapter=str(run_dir / "adapter"), steps=step, best_eval=state["best_eval"])
 
 

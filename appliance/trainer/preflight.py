@@ -28,6 +28,10 @@ class Estimate:
     tokens: int
     seconds: float
     fits: bool
+    # Kiosks first (appliance/serving.py): the run waits while kiosk requests are in flight, so `seconds`
+    # holds only while kiosks are idle; under continuous kiosk traffic it runs at least min_share of the time.
+    seconds_under_kiosk_load: float | None = None
+    note: str = ""
 
 
 def gpu_free_mb() -> float | None:
@@ -71,7 +75,9 @@ def lora_parameters(config: dict[str, object], cfg: TrainConfig) -> int:
     return layers * sum(cfg.lora_rank * (i + o) for i, o in chosen)
 
 
-def estimate(*, hf_dir: Path, parameters: int, cfg: TrainConfig, rows: int, mean_tokens: float) -> Estimate:
+def estimate(*, hf_dir: Path, parameters: int, cfg: TrainConfig, rows: int, mean_tokens: float,
+             kiosk_min_share: float | None = None) -> Estimate:
+    """`kiosk_min_share`: the settings' training_min_share when serving priority is on, else None."""
     config = json.loads((hf_dir / "config.json").read_text())
     gpu_free = gpu_free_mb()
     device = "cuda" if gpu_free is not None else "cpu"
@@ -95,12 +101,25 @@ def estimate(*, hf_dir: Path, parameters: int, cfg: TrainConfig, rows: int, mean
     tokens = int(steps * cfg.gradient_accumulation_steps * cfg.per_device_train_batch_size * mean_tokens)
     flops = GPU_FLOPS if device == "cuda" else CPU_FLOPS_PER_CORE * (os.cpu_count() or 1)
     seconds = tokens * 6 * parameters / flops
+    if kiosk_min_share is not None and kiosk_min_share < 1:
+        slowest = round(seconds / kiosk_min_share, 1)
+        loaded: float | None = slowest
+        note = (f"about {_duration(seconds)} with idle kiosks; the run waits while kiosks are answered, up to "
+                f"{_duration(slowest)} if they never stop (it keeps at least {kiosk_min_share:.0%} of the time)")
+    else:
+        loaded, note = None, "serving priority is off: training and kiosks share the cores as equals"
     return Estimate(
         device=device, peak_memory_mb=round(peak_mb, 1),
         available_memory_mb=round(available, 1) if available is not None else None,
         steps=steps, tokens=tokens, seconds=round(seconds, 1),
-        fits=available is None or peak_mb <= 0.9 * available,
+        fits=available is None or peak_mb <= 0.9 * available, seconds_under_kiosk_load=loaded, note=note,
     )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def as_dict(e: Estimate) -> dict[str, object]:

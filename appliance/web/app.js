@@ -41,7 +41,9 @@ async function loadRuns() {
     const prog = cell(tr, ""); prog.append(bar, ` ${r.step}/${r.max_steps ?? "?"}`);
     cell(tr, r.loss != null ? r.loss.toFixed(4) : "");
     const e = r.estimate;
-    cell(tr, e ? `${(e.peak_memory_mb / 1024).toFixed(1)} GiB, ~${Math.round(e.seconds / 60)} min on ${e.device}` : "");
+    const est = cell(tr, e ? `${(e.peak_memory_mb / 1024).toFixed(1)} GiB, ~${Math.round(e.seconds / 60)} min on ${e.device}` : "");
+    if (e && e.note) est.title = e.note;
+    cell(tr, r.paused_for_serving_s ? `${r.paused_for_serving_s.toFixed(1)} s` : "0 s");
     cell(tr, r.error || "");
     const actions = cell(tr, "");
     const chart = document.createElement("button"); chart.textContent = "Loss";

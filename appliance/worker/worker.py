@@ -27,6 +27,7 @@ from sqlmodel import Session
 from appliance.bootstrap import Runtime
 from appliance.db.tables import Artifact, Run
 from appliance.jobs import exports, runs
+from appliance.serving import lower_priority
 from appliance.trainer.allocator import training_env
 from appliance.trainer.config import TrainConfig
 
@@ -36,6 +37,13 @@ HEARTBEAT_S = 2.0
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _below_serving() -> None:
+    """preexec_fn of a child when serving has priority: it dies with the worker and runs at idle priority
+    (appliance/serving.py); set before exec, so every thread the child starts inherits the policy."""
+    _die_with_parent()
+    lower_priority()
 
 
 @dataclass
@@ -50,6 +58,7 @@ class Job:
     done: dict[str, Any] | None = None
     error: str | None = None
     last_beat: float = 0.0
+    paused_s: float = 0.0  # waited for kiosks, not yet recorded
 
 
 def _pump(stream: IO[str], sink: queue.Queue[str | None]) -> None:
@@ -93,9 +102,20 @@ class Worker:
             return did
         return self._watch(self.job)
 
+    def _spawn(self, argv: list[str], log: IO[str], env: dict[str, str]) -> subprocess.Popen[str]:
+        below = self.rt.settings.serving_priority
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True,
+                                preexec_fn=_below_serving if below else _die_with_parent, env=env)
+
+    def serving_spec(self) -> dict[str, Any]:
+        """What a child needs to wait for kiosks between its steps (appliance/serving.py)."""
+        s = self.rt.settings
+        return {"lock": str(self.rt.paths.serving_lock), "enabled": s.serving_priority,
+                "min_share": s.training_min_share}
+
     def _start_export(self, art: Artifact) -> Job:
         rt = self.rt
-        spec = exports.spec_for(engine=rt.engine, paths=rt.paths, art=art)
+        spec = {**exports.spec_for(engine=rt.engine, paths=rt.paths, art=art), "serving": self.serving_spec()}
         work = Path(spec["work_dir"])
         shutil.rmtree(work, ignore_errors=True)  # a killed attempt's leftovers
         work.mkdir(parents=True)
@@ -106,11 +126,8 @@ class Worker:
         log = open(logs / f"export-{art.id}.log", "a")  # noqa: SIM115  (the child owns it until it exits)
         log.write(f"--- attempt {art.attempts}: {art.kind} {art.type}\n")
         log.flush()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.export", str(spec_file)],
-            stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=_die_with_parent,
-            env={**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-        )
+        proc = self._spawn([sys.executable, "-m", "appliance.export", str(spec_file)], log,
+                           {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         log.close()
         job = Job(art.id, proc, 0, kind="export")
         assert proc.stdout is not None
@@ -135,18 +152,17 @@ class Worker:
         spec = {
             "run_id": run.id, "run_dir": str(run_dir), "config": json.loads(run.config_json),
             "dataset_path": str(rt.paths.resolve(dataset.path)), "hf_dir": str(rt.paths.resolve(model.hf_path)),
-            "resume_from": str(resume[1]) if resume else None,
+            "resume_from": str(resume[1]) if resume else None, "serving": self.serving_spec(),
         }
         (run_dir / "config.json").write_text(json.dumps(spec["config"], indent=2))
         (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
         log = open(run_dir / "train.log", "a")  # noqa: SIM115  (the child owns it until it exits)
         log.write(f"--- attempt {run.attempts}, resume from {spec['resume_from']}\n")
         log.flush()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.trainer", str(run_dir / "spec.json")],
-            stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=_die_with_parent,
-            env=training_env({**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-                             rt.settings.trainer_allocator),
+        proc = self._spawn(
+            [sys.executable, "-m", "appliance.trainer", str(run_dir / "spec.json")], log,
+            training_env({**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                         rt.settings.trainer_allocator),
         )
         log.close()
         job = Job(run.id, proc, cfg.save_total_limit)
@@ -170,6 +186,8 @@ class Worker:
             kind = msg.get("type")
             if kind == "progress":
                 job.stage, job.progress = msg.get("stage"), msg.get("progress")
+            elif kind == "paused":
+                job.paused_s += float(msg.get("seconds", 0.0))
             elif kind == "metric":
                 runs.record_metric(engine=self.rt.engine, run_id=job.run_id, metric=msg)
             elif kind == "checkpoint":
@@ -186,9 +204,10 @@ class Worker:
         now = time.monotonic()
         if now - job.last_beat >= HEARTBEAT_S and job.proc.poll() is None:
             job.last_beat = now
+            paused, job.paused_s = job.paused_s, 0.0
             if job.kind == "export":
                 exports.heartbeat(engine=self.rt.engine, artifact_id=job.run_id, stage=job.stage, progress=job.progress)
-            elif runs.heartbeat(engine=self.rt.engine, run_id=job.run_id) != "running":
+            elif runs.heartbeat(engine=self.rt.engine, run_id=job.run_id, paused_s=paused) != "running":
                 self._stop_child(job)
                 return [f"stopped {job.run_id}: no longer running (cancelled)"]
         if job.proc.poll() is None or not ended:
@@ -217,12 +236,12 @@ class Worker:
             return f"export {job.run_id} ended: {status} (exit {code})"
         if code == 0 and job.done is not None:
             status = runs.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=job.run_id, ok=True,
-                                     result=job.done, adapter=Path(job.done["adapter"]))
+                                     result=job.done, adapter=Path(job.done["adapter"]), paused_s=job.paused_s)
             self._queue_exports(job.run_id)
         else:
             reason = job.error or self._crash_reason(job.run_id, code)
             status = runs.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=job.run_id, ok=False,
-                                     error=reason)
+                                     error=reason, paused_s=job.paused_s)
         return f"{job.run_id} ended: {status} (exit {code})"
 
     def _queue_exports(self, run_id: str) -> None:

@@ -41,7 +41,8 @@ def presets() -> dict[str, dict[str, Any]]:
                                              "pre-flight estimate does not fit memory"}, **ERRORS})
 def create(body: RunCreate, runtime: RuntimeDep) -> RunPublic:
     run = runs.create_run(engine=runtime.engine, paths=runtime.paths, dataset_id=body.dataset_id,
-                          base_model_id=body.base_model_id, config=body.config, preset=body.preset, name=body.name)
+                          base_model_id=body.base_model_id, config=body.config, preset=body.preset, name=body.name,
+                          kiosk_min_share=runtime.settings.kiosk_min_share)
     return _public(runtime.engine, run.id)
 
 
@@ -74,7 +75,7 @@ async def events(run_id: str, request: Request, runtime: RuntimeDep,
         runs.get_run(session, run_id)
 
     async def stream() -> AsyncIterator[str]:
-        last_id, last_status = 0, None
+        last_id, last_status, last_paused = 0, None, 0.0
         while not await request.is_disconnected():
             with Session(runtime.engine) as session:
                 run = runs.get_run(session, run_id)
@@ -83,9 +84,10 @@ async def events(run_id: str, request: Request, runtime: RuntimeDep,
             for m in sorted(new, key=lambda m: m.id or 0):
                 last_id = max(last_id, m.id or 0)
                 yield f"event: metric\ndata: {MetricPublic.of(m).model_dump_json()}\n\n"
-            if public.status != last_status or new:
-                last_status = public.status
-                head = public.model_dump(include={"id", "status", "step", "max_steps", "loss", "error"})
+            if public.status != last_status or new or public.paused_for_serving_s != last_paused:
+                last_status, last_paused = public.status, public.paused_for_serving_s
+                head = public.model_dump(include={"id", "status", "step", "max_steps", "loss", "error",
+                                                    "paused_for_serving_s"})
                 yield f"event: status\ndata: {json.dumps(head)}\n\n"
             if public.status in ("succeeded", "failed", "cancelled"):
                 return

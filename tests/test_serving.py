@@ -1,0 +1,116 @@
+"""Kiosks first (appliance/serving.py): the in-flight signal between processes, the gate a worker child
+waits at, its minimum share, and the idle CPU priority of worker children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from appliance.serving import ServingGate, ServingSignal, kiosks_active, lower_priority
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from appliance.serving import ServingSignal
+s = ServingSignal(Path(sys.argv[1]))
+s.enter()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_signal_is_seen_by_other_processes_and_dropped_when_its_holder_is_killed(tmp_path: Path) -> None:
+    lock = tmp_path / "serving.lock"
+    assert not kiosks_active(lock)  # no file yet: nobody serves
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert kiosks_active(lock)
+        holder.send_signal(signal.SIGKILL)  # a crashed server must never stall training
+        holder.wait(10)
+        assert not kiosks_active(lock)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_signal_counts_requests_in_flight(tmp_path: Path) -> None:
+    lock = tmp_path / "serving.lock"
+    sig = ServingSignal(lock)
+    sig.enter()
+    sig.enter()
+    assert kiosks_active(lock) and sig.in_flight == 2
+    sig.leave()
+    assert kiosks_active(lock)  # one request is still generating
+    sig.leave()
+    assert not kiosks_active(lock) and sig.in_flight == 0
+    sig.close()
+
+
+def test_gate_waits_while_kiosks_are_active_and_goes_on_when_they_stop(tmp_path: Path) -> None:
+    lock = tmp_path / "serving.lock"
+    sig = ServingSignal(lock)
+    gate = ServingGate(lock, min_share=0.01, window_s=3600)
+    released = threading.Event()
+    sig.enter()
+
+    def release() -> None:
+        released.wait()
+        sig.leave()
+
+    threading.Thread(target=release, daemon=True).start()
+    threading.Timer(0.3, released.set).start()  # the kiosk request ends a little later
+    gate._ran = 100.0  # plenty of recent running time: the share allows a long wait
+    waited = gate.wait()
+    assert released.is_set() and not kiosks_active(lock)
+    assert waited > 0 and gate.paused_s == waited
+    assert gate.wait() == 0.0  # idle kiosks: no wait at all
+    sig.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("min_share", [0.2, 0.5])
+def test_gate_keeps_its_minimum_share_under_continuous_kiosk_traffic(min_share: float) -> None:
+    clock = FakeClock()
+    gate = ServingGate(Path("unused"), min_share=min_share, window_s=60, poll_s=0.01, clock=clock,
+                       sleep=clock.sleep, active=lambda: True)
+    ran = 0.0
+    for _ in range(400):  # steps of 0.5 s of work, kiosks busy all the time
+        gate.wait()
+        clock.now += 0.5
+        ran += 0.5
+    share = ran / clock.now
+    assert min_share * 0.95 <= share <= min_share * 1.1, share
+    assert gate.paused_s == pytest.approx(clock.now - ran, abs=0.6)
+
+
+def test_gate_is_off_when_serving_priority_is_off() -> None:
+    gate = ServingGate.from_spec({"lock": "/nonexistent", "enabled": False, "min_share": 0.2})
+    assert not gate.enabled and gate.wait() == 0.0
+    assert not ServingGate.from_spec(None).enabled
+
+
+def test_lower_priority_puts_a_child_below_serving() -> None:
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=lower_priority)
+    try:
+        policy = os.sched_getscheduler(child.pid)
+        assert policy == os.SCHED_IDLE or os.getpriority(os.PRIO_PROCESS, child.pid) == 19
+    finally:
+        child.kill()
+        child.wait()
