@@ -96,10 +96,12 @@ class MetricPublic(BaseModel):
     loss: float
     learning_rate: float | None
     grad_norm: float | None
-    tokens_per_s: float | None = Field(description="Real (non-padding) tokens per second of this step")
+    tokens_per_s: float | None = Field(
+        description="Real (non-padding) tokens per second of this step, wall clock (waits for kiosks included)")
     tokens: int | None
     memory_mb: float | None = Field(description="Peak memory so far: RSS on CPU, allocated on CUDA")
     epoch: float | None
+    created_at: datetime = Field(description="When the step ended (as recorded, UTC)")
 
     @classmethod
     def of(cls, m: RunMetric) -> MetricPublic:
