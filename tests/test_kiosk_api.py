@@ -219,3 +219,11 @@ def test_include_usage_counts_a_stop_sequence_and_a_natural_end(server: Server) 
         plain = post(server, body).json()
         last = sse(post(server, body | {"stream": True, "stream_options": {"include_usage": True}}))[-1]
         assert last["usage"] == plain["usage"], extra
+
+
+def test_openapi_declares_the_request_bodies(server: Server) -> None:
+    spec = httpx.get(f"{server.base}/openapi.json").json()
+    for route, required in (("/v1/chat/completions", "messages"), ("/v1/completions", "prompt")):
+        schema = spec["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert required in schema["required"] and schema["additionalProperties"] is False
+        assert "$ref" not in json.dumps(schema)

@@ -41,15 +41,19 @@ CHAT_REFUSED: list[tuple[str, Any, str]] = [
     ("temperature", 2.5, "temperature"), ("top_p", 1.5, "top_p"), ("presence_penalty", 3, "presence_penalty"),
     ("frequency_penalty", -3, "frequency_penalty"), ("max_tokens", 0, "max_tokens"),
     ("max_completion_tokens", 0, "max_completion_tokens"), ("logit_bias", {"5": 200}, "logit_bias"),
-    ("logit_bias", {"hello": 1}, "logit_bias"), ("stop", ["a", "b", "c", "d", "e"], "stop"),
+    ("logit_bias", {"hello": 1}, "logit_bias"), ("logit_bias", {"999999": 5}, "logit_bias"),
+    ("stop", ["a", "b", "c", "d", "e"], "stop"), ("stop", "", "stop"),
     ("stream_options", {"include_usage": True}, "stream_options"),  # without stream
     ("response_format", {"type": "grammar"}, "response_format.type"),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "$ref":
+                                                                                          "#/nowhere"}}},
+     "response_format.json_schema.schema"),
 ]
 COMPLETION_IMPLEMENTED = {"max_tokens", "temperature", "top_p", "seed", "stop", "n", "user", "presence_penalty",
                           "frequency_penalty", "logit_bias", "stream_options", "echo", "best_of"}
 COMPLETION_REFUSED: list[tuple[str, Any, str]] = [
     ("n", 2, "n"), ("echo", True, "echo"), ("best_of", 2, "best_of"), ("suffix", "end.", "suffix"),
-    ("logprobs", 1, "logprobs"), ("temperature", -1, "temperature"),
+    ("logprobs", 1, "logprobs"), ("temperature", -1, "temperature"), ("prompt", [[1, 2, 3]], "prompt"),
 ]
 
 
@@ -88,7 +92,7 @@ def test_refused_completion_parameters_are_400_naming_them(
     client: openai.OpenAI, name: str, value: Any, param: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model="any", prompt="The pharmacy is", max_tokens=4, **{name: value})
+        client.completions.create(**{"model": "any", "prompt": "The pharmacy is", "max_tokens": 4, name: value})
     assert (info.value.type, info.value.param) == ("invalid_request_error", param), info.value.body
 
 

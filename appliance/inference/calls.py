@@ -45,6 +45,14 @@ def check_size(llm: Any, nbytes: int, param: str) -> None:
             f"covers more than {llm.max_token_bytes} bytes)", param)
 
 
+def check_logit_bias(llm: Any, bias: dict[str, float] | None) -> None:
+    """Token ids past the vocabulary would index past llama.cpp's logits."""
+    for key in bias or {}:
+        if int(key) >= llm.n_vocab():
+            raise RequestError(f"logit_bias: token id {key} is not in this model's vocabulary of {llm.n_vocab()}",
+                               "logit_bias")
+
+
 class PromptGuard:
     """Stands in for the Llama given to llama-cpp-python's chat handler. The handler renders the
     model's chat template, tokenizes, then calls create_completion with the token ids: the exact
@@ -69,6 +77,7 @@ def chat_call(body: ChatRequest, messages: list[dict[str, str]], response_format
         from llama_cpp import llama_chat_format
 
         check_size(llm, nbytes, "messages")
+        check_logit_bias(llm, body.logit_bias)
         handler: Any = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
                    or llama_chat_format.get_chat_completion_handler(llm.chat_format))
         guard = PromptGuard(llm, body.requested_max_tokens())
@@ -96,6 +105,7 @@ def completion_call(body: CompletionRequest, prompt: str) -> Call:
 
     def call(llm: Any) -> Any:
         check_size(llm, nbytes, "prompt")
+        check_logit_bias(llm, body.logit_bias)
         # As llama-cpp-python tokenizes a text prompt (BOS/EOS as the model asks); passing the ids
         # on means it is tokenized once, and checked before generation.
         tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)

@@ -128,11 +128,28 @@ class ChatRequest(_Sampling):
             return None
         if rf.get("type") == "json_schema":
             schema = (rf.get("json_schema") or {}).get("schema")
+            _check_schema(schema, "response_format.json_schema.schema")
             return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
         if rf.get("type") == "json_object":
+            _check_schema(rf.get("schema"), "response_format.schema")
             return {"type": "json_object", **({"schema": rf["schema"]} if "schema" in rf else {})}
         raise RequestError(f"response_format.type {rf.get('type')!r} is not supported (text, json_object, "
                            "json_schema)", "response_format.type")
+
+
+def _check_schema(schema: Any, param: str) -> None:
+    """A schema llama.cpp cannot turn into a grammar would silently become 'any JSON' in
+    llama-cpp-python (it falls back): refuse it instead."""
+    if schema is None:
+        return
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        json_schema_to_gbnf(json.dumps(schema))
+    except RecursionError as exc:
+        raise RequestError(f"{param}: nested too deeply", param) from exc
+    except Exception as exc:  # noqa: BLE001  (the converter raises several types)
+        raise RequestError(f"{param}: not a JSON schema this server can enforce ({exc})", param) from exc
 
 
 class CompletionRequest(_Sampling):
@@ -171,10 +188,27 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body for the route's OpenAPI (the routes read the raw body themselves, to bound
+    its size and answer in OpenAI's error shape), with pydantic's $defs inlined."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+
+
 def parse(raw: bytes, model: type[ChatRequest] | type[CompletionRequest]) -> Any:
     """The body as a request model, or RequestError naming the first bad parameter."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except RecursionError as exc:
         raise RequestError("the request body is JSON nested too deeply") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -198,16 +232,27 @@ def parse(raw: bytes, model: type[ChatRequest] | type[CompletionRequest]) -> Any
     return body
 
 
+def _no_constant(name: str) -> Any:
+    raise RequestError(f"{name} is not a JSON number")
+
+
 def _param(loc: tuple[int | str, ...]) -> str:
+    """pydantic's error location as OpenAI's `param` (messages[0].content), without the names of
+    union members pydantic puts in it ('str', 'list[str]', 'StreamOptions')."""
     out = ""
     for part in loc:
+        if isinstance(part, str) and (part in ("str", "int", "float", "bool", "StreamOptions") or "[" in part):
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
 def _check_common(body: _Sampling) -> None:
-    if isinstance(body.stop, list) and len(body.stop) > 4:
+    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    if len(stops) > 4:
         raise RequestError("stop: at most 4 sequences", "stop")
+    if any(not s for s in stops):
+        raise RequestError("stop: a stop sequence must not be empty", "stop")
     if body.stream_options is not None and not body.stream:
         raise RequestError("stream_options is only allowed with stream=true", "stream_options")
     for key, bias in (body.logit_bias or {}).items():

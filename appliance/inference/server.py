@@ -425,14 +425,16 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible, streaming with stream=true)")
+    @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible, streaming with stream=true)",
+              openapi_extra=protocol.openapi_body(ChatRequest))
     async def chat(request: Request) -> Response:
         body: ChatRequest = protocol.parse(await _read(request), ChatRequest)
         messages = protocol.messages_of(body)
         call = chat_call(body, messages, body.response_format_for_llama(), protocol.text_bytes(messages))
         return await _run(body, call)
 
-    @app.post("/v1/completions", summary="Text completion (OpenAI-compatible, streaming with stream=true)")
+    @app.post("/v1/completions", summary="Text completion (OpenAI-compatible, streaming with stream=true)",
+              openapi_extra=protocol.openapi_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         body: CompletionRequest = protocol.parse(await _read(request), CompletionRequest)
         return await _run(body, completion_call(body, protocol.prompt_of(body)))
