@@ -68,9 +68,10 @@ def sse(res: httpx.Response) -> list[dict[str, Any]]:
 
 
 def test_case13_text_parts_are_joined_like_the_string_request(server: Server) -> None:
-    from appliance.inference import protocol
+    from appliance.inference.messages import messages_of
+    from appliance.inference.protocol import ChatRequest
 
-    as_parts = protocol.messages_of(protocol.ChatRequest.model_validate(case("content_parts_request.json")))
+    as_parts = messages_of(ChatRequest.model_validate(case("content_parts_request.json")))
     assert as_parts == case("content_parts_string.json")["messages"]
     warm(server, case("content_parts_string.json"))
     parts = post(server, case("content_parts_request.json"))

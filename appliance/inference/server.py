@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from appliance import __version__
 from appliance.bootstrap import Runtime
 from appliance.db.tables import Deployment
+from appliance.inference import messages as kiosk_messages
 from appliance.inference import protocol
 from appliance.inference.calls import chat_call, completion_call
 from appliance.inference.engine import END, Job, ModelInfo, Slot
@@ -429,15 +430,15 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
               openapi_extra=protocol.openapi_body(ChatRequest))
     async def chat(request: Request) -> Response:
         body: ChatRequest = protocol.parse(await _read(request), ChatRequest)
-        messages = protocol.messages_of(body)
-        call = chat_call(body, messages, body.response_format_for_llama(), protocol.text_bytes(messages))
+        messages = kiosk_messages.messages_of(body)
+        call = chat_call(body, messages, body.response_format_for_llama(), kiosk_messages.text_bytes(messages))
         return await _run(body, call)
 
     @app.post("/v1/completions", summary="Text completion (OpenAI-compatible, streaming with stream=true)",
               openapi_extra=protocol.openapi_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         body: CompletionRequest = protocol.parse(await _read(request), CompletionRequest)
-        return await _run(body, completion_call(body, protocol.prompt_of(body)))
+        return await _run(body, completion_call(body, kiosk_messages.prompt_of(body)))
 
     _install_errors(app)
     return app
