@@ -15,7 +15,7 @@ from test_datasets import canonical_sha
 
 from appliance.bootstrap import Runtime
 
-CASES = Path(__file__).parent / "data" / "cases"
+CASES = Path(__file__).parent / "cases"
 
 
 def upload(client: TestClient, filename: str, content: bytes, **form: str) -> Any:

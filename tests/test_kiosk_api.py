@@ -14,7 +14,7 @@ import pytest
 from conftest import clone_data_dir
 from test_inference import KEY, Server
 
-CASES = Path(__file__).parent / "data" / "cases"
+CASES = Path(__file__).parent / "cases"
 CTX = 1024  # what test_inference.Server gives the model
 LIMIT = 1024 * 1024  # APPLIANCE_INFERENCE_MAX_REQUEST_BYTES for this module's server
 QUESTION = [{"role": "user", "content": "How do I reset the fault light on the KX-200 press?"}]
