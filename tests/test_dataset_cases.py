@@ -95,6 +95,15 @@ def test_a_refused_file_with_a_mid_file_bom_says_two_files_were_joined(client: T
     assert_nothing_stored(client, runtime)
 
 
+def test_two_json_arrays_joined_are_refused_saying_so(client: TestClient, runtime: Runtime) -> None:
+    one = b"\xef\xbb\xbf" + json_array(ALPACA[:1]) + b"\r\n"
+    res = upload(client, "joined.json", one + b"\xef\xbb\xbf" + json_array(ALPACA[1:2]))
+    assert res.status_code == 422, res.text
+    assert "two files were probably joined" in res.json()["detail"]
+    assert any("extra data after the array" in e["message"] for e in res.json()["errors"])
+    assert_nothing_stored(client, runtime)
+
+
 # --- case 02: blank optional fields -----------------------------------------------------------------
 
 
