@@ -82,7 +82,10 @@ class DatasetPublic(BaseModel):
 
 class DatasetPreview(BaseModel):
     id: str
-    rows: list[dict[str, list[dict[str, str]]]] = Field(description="The first rows, as normalized conversations")
+    rows: list[dict[str, list[dict[str, str | int]]]] = Field(
+        description="The first rows, as normalized conversations: each message has role and content, and "
+        "name when given; an assistant response with weight 0 is context only (not trained)"
+    )
 
 
 class Health(BaseModel):

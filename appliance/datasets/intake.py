@@ -24,6 +24,8 @@ from appliance.errors import InputProblem, InvalidInputError, Problems, TooLarge
 from appliance.paths import Paths
 from appliance.settings import Settings
 
+MAX_NAME_CHARS = 200  # a display name; a 100,000-character one was accepted and filled every listing
+
 
 @dataclass(frozen=True)
 class Parsed:
@@ -66,8 +68,27 @@ def parse_file(path: Path, filename: str, fmt: str | None, max_rows: int) -> Par
     if not problems and not conversations:
         problems.add(None, None, "file holds no rows")
     if problems or found is None:
-        raise InvalidInputError(source, problems.items, problems.total)
+        raise InvalidInputError(source, [*_joined_hint(path), *problems.items], problems.total)
     return Parsed(source_type, found, conversations)
+
+
+def _joined_hint(path: Path) -> list[InputProblem]:
+    """A refused file with a byte-order mark past its start was almost always two files joined:
+    say so, since the problem listed may be a second header or a second JSON array."""
+    lines = readers.joined_at(path)
+    if not lines:
+        return []
+    where = ", ".join(str(n) for n in lines[:5])
+    return [InputProblem(lines[0], None, f"a byte-order mark (U+FEFF) starts line(s) {where}: two files were "
+                                         "probably joined there (the mark itself is accepted)")]
+
+
+def check_name(name: str | None, filename: str) -> None:
+    for field, value in (("name", name), ("file", display_name(filename))):
+        if value is not None and len(value) > MAX_NAME_CHARS:
+            raise InvalidInputError(display_name(filename)[:MAX_NAME_CHARS], [InputProblem(
+                None, field, f"{len(value)} characters; a dataset {'name' if field == 'name' else 'file name'} "
+                             f"may have at most {MAX_NAME_CHARS}")])
 
 
 def _bad_format(source: str, fmt: str) -> InvalidInputError:
@@ -96,6 +117,7 @@ def add_dataset(
     """Returns (dataset, created). The same content uploaded twice is the same dataset."""
     if fmt is not None and fmt not in FORMATS:
         raise _bad_format(display_name(filename), fmt)
+    check_name(name.strip() if name else None, filename)
     paths.ensure()
     with fsutil.temp_path(paths.tmp, ".upload") as raw:
         try:

@@ -2,6 +2,11 @@
 
 The file type is decided by content, not by name: Parquet by its magic, JSON by a leading '[',
 JSON Lines by a leading '{', CSV by a header row. Problems are collected with their line numbers.
+
+Byte-order marks are read as noise wherever they are: Windows tools write one at the start of each
+file, so two files joined with `cat` carry one mid-file (datasets' JSON reader refused that line
+with Python's "decode using utf-8-sig"). CR line ends are read as LF (text mode); CRs inside values
+are cleaned with the values (fields.clean).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.datasets.fields import MAX_NESTING_MESSAGE
 from appliance.errors import Problems
 
 SNIFF_BYTES = 64 * 1024
+BOM = "\ufeff"
 
 
 @dataclass(frozen=True)
@@ -57,20 +64,33 @@ def detect_type(path: Path, filename: str) -> str | None:
     return None
 
 
+def joined_at(path: Path) -> list[int]:
+    """Lines that start with a byte-order mark past the file's start: where two files were joined."""
+    found = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if b"\xef\xbb\xbf" in raw and number > 1:
+                found.append(number)
+    return found
+
+
 def read_jsonl(path: Path, problems: Problems) -> Iterator[Record]:
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
+            line = line.replace(BOM, "")
             if not line.strip():
                 continue
             try:
                 yield Record(number, json.loads(line))
             except json.JSONDecodeError as exc:
                 problems.add(number, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
+            except RecursionError:
+                problems.add(number, None, MAX_NESTING_MESSAGE)
 
 
 def read_json_array(path: Path, problems: Problems) -> Iterator[Record]:
     """Elements of a top-level JSON array, each with the line it starts on."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = path.read_text(encoding="utf-8").replace(BOM, "")
     decoder = json.JSONDecoder()
     ws = " \t\r\n"
     i = len(text) - len(text.lstrip(ws))
@@ -96,6 +116,9 @@ def read_json_array(path: Path, problems: Problems) -> Iterator[Record]:
         except json.JSONDecodeError as exc:
             problems.add(exc.lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
             return
+        except RecursionError:
+            problems.add(line_at(i), None, MAX_NESTING_MESSAGE)
+            return
         yield Record(line_at(i), value)
         i = skip_ws(end)
         if i < len(text) and text[i] == ",":
@@ -110,11 +133,11 @@ def read_json_array(path: Path, problems: Problems) -> Iterator[Record]:
 
 
 def read_csv(path: Path, problems: Problems) -> Iterator[Record]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        sample = f.read(SNIFF_BYTES)
+    with open(path, encoding="utf-8", newline="") as f:
+        sample = f.read(SNIFF_BYTES).replace(BOM, "")
         f.seek(0)
         delimiter = "\t" if sample.split("\n", 1)[0].count("\t") > sample.split("\n", 1)[0].count(",") else ","
-        reader = csv.reader(f, delimiter=delimiter)
+        reader = csv.reader((line.replace(BOM, "") for line in f), delimiter=delimiter)
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
@@ -133,7 +156,10 @@ def read_csv(path: Path, problems: Problems) -> Iterator[Record]:
                 if not any(cell.strip() for cell in row):
                     start = reader.line_num + 1
                     continue
-                if len(row) != len(header):
+                if [cell.strip() for cell in row] == header:
+                    problems.add(start, None, "this row repeats the header row: two files were probably joined; "
+                                              "remove the second header")
+                elif len(row) != len(header):
                     problems.add(start, None, f"expected {len(header)} fields (as in the header), got {len(row)}")
                 else:
                     yield Record(start, {"__csv__": True, **dict(zip(header, row, strict=True))})
@@ -154,7 +180,12 @@ def read_parquet(path: Path, problems: Problems) -> Iterator[Record]:
     except Exception as exc:  # pyarrow raises several types for corrupt files
         problems.add(None, None, f"unreadable Parquet file: {exc}")
         return
-    for number, row in enumerate(table.to_pylist(), start=1):
+    try:
+        rows = table.to_pylist()
+    except RecursionError:
+        problems.add(None, None, "Parquet columns nested too deeply to read")
+        return
+    for number, row in enumerate(rows, start=1):
         yield Record(number, row, unit="row")
 
 

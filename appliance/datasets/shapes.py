@@ -2,29 +2,54 @@
 
     alpaca    {"instruction", "input"?, "output", "system"?, "history"?: [[user, assistant], ...]}
     sharegpt  {"conversations": [{"from": "human"|"gpt"|"system", "value"}], "system"?}
-    messages  {"messages": [{"role": "system"|"user"|"assistant", "content"}]}   (OpenAI chat)
+    messages  {"messages": [{"role": "system"|"developer"|"user"|"assistant", "content", "name"?,
+                             "weight"?: 0|1}]}   (OpenAI chat and fine-tuning files)
 
 Every row becomes {"messages": [...]}: an optional system message, then user/assistant turns
-alternating, starting with user and ending with assistant, none empty.
+alternating, starting with user and ending with assistant, none empty. A message keeps `name` when
+given, and `weight: 0` on an assistant response that is context only (the trainer puts no label
+on it). Blank optional fields are absent; any other key is refused (fields.py).
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from typing import Any
 
+from appliance.datasets.fields import (
+    NO_TOOLS,
+    ROLE_ALIASES,
+    ROLES,
+    TOOL_ROLES,
+    Message,
+    RowError,
+    check_keys,
+    content_text,
+    json_cell,
+    present,
+    roles_text,
+    text,
+    weight,
+)
 from appliance.errors import Problems
+
+__all__ = ["FORMATS", "Message", "RowError", "detect_shape", "normalize", "normalize_rows"]
 
 FORMATS = ("alpaca", "sharegpt", "messages")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-Message = dict[str, str]
+ALPACA_KEYS = ("instruction", "input", "output", "system", "history")
+SHAREGPT_KEYS = ("conversations", "system")
+MESSAGES_KEYS = ("messages",)
+MESSAGE_KEYS = ("role", "content", "name", "weight")
 
 
-class RowError(Exception):
-    def __init__(self, field: str | None, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
+@dataclass(frozen=True)
+class Turn:
+    """A normalized message and where it came from in the row, so a problem names the user's field."""
+
+    message: Message
+    role_field: str | None
+    content_field: str | None
 
 
 def detect_shape(row: dict[str, Any]) -> str | None:
@@ -45,118 +70,112 @@ def describe_keys(row: dict[str, Any]) -> str:
     )
 
 
-def _text(value: Any, field: str) -> str:
-    if isinstance(value, list):  # OpenAI content parts: keep the text parts
-        parts = [p.get("text") for p in value if isinstance(p, dict) and p.get("type") == "text"]
-        if len(parts) == len(value) and all(isinstance(p, str) for p in parts):
-            return "".join(parts)  # type: ignore[arg-type]
-    if not isinstance(value, str):
-        raise RowError(field, f"expected a string, got {type(value).__name__}")
-    return value
+def _system(row: dict[str, Any]) -> list[Turn]:
+    if not present(row.get("system")):
+        return []
+    return [Turn({"role": "system", "content": text(row["system"], "system")}, None, "system")]
 
 
-def _json_cell(row: dict[str, Any], key: str) -> Any:
-    value = row.get(key)
-    if row.get("__csv__") and isinstance(value, str):
-        if not value.strip():
-            return None
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise RowError(key, f"CSV cell is not valid JSON ({exc.msg})") from exc
-    return value
-
-
-def _alpaca(row: dict[str, Any]) -> list[Message]:
-    messages: list[Message] = []
-    if system := row.get("system"):
-        messages.append({"role": "system", "content": _text(system, "system")})
-    history = _json_cell(row, "history") or []
-    if not isinstance(history, list):
-        raise RowError("history", "expected a list of [user, assistant] pairs")
-    for i, pair in enumerate(history):
-        if not (isinstance(pair, list | tuple) and len(pair) == 2):
-            raise RowError(f"history[{i}]", "expected a [user, assistant] pair")
-        messages.append({"role": "user", "content": _text(pair[0], f"history[{i}][0]")})
-        messages.append({"role": "assistant", "content": _text(pair[1], f"history[{i}][1]")})
-    instruction = _text(row.get("instruction"), "instruction")
-    extra = row.get("input")
-    extra = _text(extra, "input") if extra not in (None, "") else ""
+def _alpaca(row: dict[str, Any]) -> list[Turn]:
+    check_keys(row, ALPACA_KEYS, "", "an alpaca row")
+    turns = _system(row)
+    history = json_cell(row, "history")
+    if present(history):
+        if not isinstance(history, list):
+            raise RowError("history", "expected a list of [user, assistant] pairs")
+        for i, pair in enumerate(history):
+            if not (isinstance(pair, list | tuple) and len(pair) == 2):
+                raise RowError(f"history[{i}]", "expected a [user, assistant] pair")
+            for j, role in enumerate(("user", "assistant")):
+                where = f"history[{i}][{j}]"
+                turns.append(Turn({"role": role, "content": text(pair[j], where)}, None, where))
+    instruction = text(row["instruction"], "instruction") if present(row.get("instruction")) else ""
+    extra = text(row["input"], "input") if present(row.get("input")) else ""
     prompt = f"{instruction}\n{extra}" if instruction and extra else instruction or extra
-    messages.append({"role": "user", "content": prompt})
-    messages.append({"role": "assistant", "content": _text(row.get("output"), "output")})
-    return messages
+    turns.append(Turn({"role": "user", "content": prompt}, None, "instruction"))
+    output = row.get("output")
+    turns.append(Turn({"role": "assistant", "content": text("" if output is None else output, "output")}, None,
+                      "output"))
+    return turns
 
 
-def _sharegpt(row: dict[str, Any]) -> list[Message]:
-    turns = _json_cell(row, "conversations")
-    if not isinstance(turns, list):
+def _sharegpt(row: dict[str, Any]) -> list[Turn]:
+    check_keys(row, SHAREGPT_KEYS, "", "a sharegpt row")
+    conversation = json_cell(row, "conversations")
+    if not isinstance(conversation, list):
         raise RowError("conversations", "expected a list of {from, value} objects")
-    messages: list[Message] = []
-    if system := row.get("system"):
-        messages.append({"role": "system", "content": _text(system, "system")})
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise RowError(f"conversations[{i}]", "expected an object with 'from' and 'value'")
-        role = SHAREGPT_ROLES.get(turn["from"]) if isinstance(turn["from"], str) else None
+    turns = _system(row)
+    for i, item in enumerate(conversation):
+        where = f"conversations[{i}]"
+        if not isinstance(item, dict) or "from" not in item or "value" not in item:
+            raise RowError(where, "expected an object with 'from' and 'value'")
+        check_keys(item, ("from", "value"), f"{where}.", "a sharegpt turn")
+        role = SHAREGPT_ROLES.get(item["from"]) if isinstance(item["from"], str) else None
         if role is None:
-            raise RowError(f"conversations[{i}].from", f"unsupported role {turn['from']!r}")
-        messages.append({"role": role, "content": _text(turn["value"], f"conversations[{i}].value")})
-    return messages
+            why = f"{NO_TOOLS}; " if item["from"] in TOOL_ROLES else ""
+            raise RowError(f"{where}.from", f"unsupported role {item['from']!r}: {why}supported roles: "
+                                            f"{', '.join(SHAREGPT_ROLES)}")
+        turns.append(Turn({"role": role, "content": content_text(item["value"], f"{where}.value")}, f"{where}.from",
+                          f"{where}.value"))
+    return turns
 
 
-def _messages(row: dict[str, Any]) -> list[Message]:
-    turns = _json_cell(row, "messages")
-    if not isinstance(turns, list):
+def _message(item: Any, where: str) -> Turn:
+    if not isinstance(item, dict) or "role" not in item:
+        raise RowError(where, "expected an object with 'role' and 'content'")
+    check_keys(item, MESSAGE_KEYS, f"{where}.", "a message")
+    role = ROLE_ALIASES.get(item["role"], item["role"]) if isinstance(item["role"], str) else item["role"]
+    if role not in ROLES:
+        why = f"{NO_TOOLS}; " if role in TOOL_ROLES else ""
+        raise RowError(f"{where}.role", f"unsupported role {role!r}: {why}{roles_text()}")
+    if "content" not in item:
+        raise RowError(f"{where}.content", "missing: every message needs text content")
+    message: Message = {"role": role, "content": content_text(item["content"], f"{where}.content")}
+    if present(item.get("name")):
+        message["name"] = text(item["name"], f"{where}.name").strip()
+    if item.get("weight") is not None and weight(item["weight"], f"{where}.weight", role) == 0:
+        message["weight"] = 0  # weight 1 is the default: left out, so both spellings are one dataset
+    return Turn(message, f"{where}.role", f"{where}.content")
+
+
+def _messages(row: dict[str, Any]) -> list[Turn]:
+    check_keys(row, MESSAGES_KEYS, "", "a messages row")
+    items = json_cell(row, "messages")
+    if not isinstance(items, list):
         raise RowError("messages", "expected a list of {role, content} objects")
-    messages: list[Message] = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise RowError(f"messages[{i}]", "expected an object with 'role' and 'content'")
-        if turn["role"] not in ("system", "user", "assistant"):
-            raise RowError(f"messages[{i}].role", f"unsupported role {turn['role']!r}")
-        messages.append({"role": turn["role"], "content": _text(turn["content"], f"messages[{i}].content")})
-    return messages
+    return [_message(item, f"messages[{i}]") for i, item in enumerate(items)]
 
 
-def _field(shape: str, index: int) -> str:
-    return {"messages": f"messages[{index}]", "sharegpt": f"conversations[{index}]"}.get(shape, "")
-
-
-def check_conversation(messages: list[Message], shape: str, offset: int) -> None:
-    """Order and emptiness rules. `offset` maps an index back to the row's own list (system row)."""
-    if not messages:
+def check_conversation(turns: list[Turn], shape: str) -> None:
+    """Order and emptiness rules, naming the field the problem came from."""
+    if not turns:
         raise RowError(shape if shape != "alpaca" else None, "empty conversation")
-    body = messages[1:] if messages[0]["role"] == "system" else messages
-    start = len(messages) - len(body)
-    for i, message in enumerate(body):
-        index = start + i - offset
+    body = turns[1:] if turns[0].message["role"] == "system" else turns
+    for i, turn in enumerate(body):
         expected = "user" if i % 2 == 0 else "assistant"
-        where = _field(shape, index)
-        if message["role"] != expected:
-            what = "system message is only allowed first" if message["role"] == "system" else (
-                f"roles out of order: expected {expected}, got {message['role']}"
+        role = turn.message["role"]
+        if role != expected:
+            what = "system message is only allowed first" if role == "system" else (
+                f"roles out of order: expected {expected}, got {role}"
             )
-            raise RowError(f"{where}.role" if where else None, what)
-        if not message["content"].strip():
-            field = f"{where}.content" if where else ("output" if expected == "assistant" else "instruction")
-            raise RowError(field, f"empty {'assistant response' if expected == 'assistant' else 'user message'}")
-    if not body or body[-1]["role"] != "assistant":
+            raise RowError(turn.role_field, what)
+        if not turn.message["content"].strip():
+            kind = "assistant response" if expected == "assistant" else "user message"
+            raise RowError(turn.content_field, f"empty {kind}")
+    if not body or body[-1].message["role"] != "assistant":
         raise RowError(None, "conversation must end with an assistant response")
+    if all(t.message.get("weight") == 0 for t in body if t.message["role"] == "assistant"):
+        raise RowError(None, "every assistant response has weight 0, so nothing in this row would be trained; "
+                             "give at least one weight 1 (or leave weight out)")
 
 
 def normalize(row: dict[str, Any], shape: str) -> list[Message]:
     """The row as a checked conversation, or RowError naming the field."""
-    if shape == "alpaca":
-        messages = _alpaca(row)
-        check_conversation(messages, shape, 0)
-    elif shape == "sharegpt":
-        messages = _sharegpt(row)
-        check_conversation(messages, shape, 1 if row.get("system") else 0)
-    else:
-        messages = _messages(row)
-        check_conversation(messages, shape, 0)
-    return messages
+    turns = {"alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages}[shape](row)
+    if turns and turns[0].message["role"] == "system" and not turns[0].message["content"].strip():
+        turns = turns[1:]  # a blank system prompt is an absent one, as in the other shapes
+    check_conversation(turns, shape)
+    return [t.message for t in turns]
 
 
 def normalize_rows(

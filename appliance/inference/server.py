@@ -21,16 +21,21 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlmodel import Session
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance import __version__
 from appliance.bootstrap import Runtime
 from appliance.db.tables import Deployment
+from appliance.inference import messages as kiosk_messages
+from appliance.inference import protocol
+from appliance.inference.calls import chat_call, completion_call
 from appliance.inference.engine import END, Job, ModelInfo, Slot
+from appliance.inference.gguf_check import check_gguf
 from appliance.inference.metrics import Metrics
+from appliance.inference.protocol import ChatRequest, CompletionRequest, RequestError
 from appliance.jobs import deployments
 from appliance.models.registry import BUNDLED_ID
 from appliance.serving import ServingSignal
@@ -44,49 +49,6 @@ class Unavailable(Exception):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-# --- request bodies -----------------------------------------------------------------------------
-
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float = Field(0.95, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-
-    def kwargs(self, ctx: int) -> dict[str, Any]:
-        return {"max_tokens": min(self.max_tokens or 512, ctx), "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed, "stop": self.stop, "presence_penalty": self.presence_penalty,
-                "frequency_penalty": self.frequency_penalty}
-
-
-class ChatRequest(_Sampling):
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    response_format: dict[str, Any] | None = None
-
-    def response_format_for_llama(self) -> dict[str, Any] | None:
-        rf = self.response_format
-        if not rf or rf.get("type") == "text":
-            return None
-        if rf.get("type") == "json_schema":
-            schema = (rf.get("json_schema") or {}).get("schema")
-            return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
-        if rf.get("type") == "json_object":
-            return {"type": "json_object", **({"schema": rf["schema"]} if "schema" in rf else {})}
-        raise ValueError(f"response_format.type {rf.get('type')!r} is not supported (text, json_object, json_schema)")
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str]
 
 
 # --- the server state ----------------------------------------------------------------------------
@@ -111,12 +73,13 @@ class Inference:
     # loading
 
     def load(self, info: ModelInfo) -> Any:
-        from llama_cpp import Llama
+        from appliance.inference.llm import ServedLlama
 
-        check_gguf(info.path)
-        return Llama(model_path=str(info.path), n_ctx=self.settings.inference_ctx,
-                     n_threads=self.threads, n_threads_batch=self.threads,
-                     n_gpu_layers=self.settings.inference_gpu_layers, verbose=False)
+        longest_token = check_gguf(info.path)
+        return ServedLlama(model_path=str(info.path), n_ctx=self.settings.inference_ctx,
+                           n_threads=self.threads, n_threads_batch=self.threads,
+                           n_gpu_layers=self.settings.inference_gpu_layers, verbose=False,
+                           max_token_bytes=longest_token or 1024)
 
     @staticmethod
     def smoke(llm: Any) -> str:
@@ -300,94 +263,13 @@ def _size(path: Path) -> int:
         return 0
 
 
-def check_gguf(path: Path) -> None:
-    """Refuse a file llama.cpp could crash on: not GGUF, a header that does not parse, or tensors
-    past the end of the file. A minimal header walk (gguf.GGUFReader takes seconds on a 49k-token
-    vocabulary, and would slow the model serving beside it during a swap)."""
-    import mmap
-    import struct
-
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path.name} is missing")
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise ValueError(f"{path.name} is not a GGUF file")
-        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        pos = 4
-        scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-        def take(fmt: str) -> Any:
-            nonlocal pos
-            value = struct.unpack_from("<" + fmt, buf, pos)
-            pos += struct.calcsize(fmt)
-            return value[0]
-
-        def skip_value(vtype: int) -> Any:
-            nonlocal pos
-            if vtype == 8:  # string
-                n = take("Q")
-                text = buf[pos:pos + n]
-                pos += n
-                return bytes(text)
-            if vtype == 9:  # array
-                item, count = take("I"), take("Q")
-                if item in scalar:
-                    pos += scalar[item] * count
-                elif item == 8:  # vocabularies: ~10^5 strings, so the tightest loop
-                    from_bytes = int.from_bytes
-                    for _ in range(count):
-                        pos += 8 + from_bytes(buf[pos:pos + 8], "little")
-                    if pos > size:
-                        raise ValueError("string array past the end of the file")
-                else:
-                    for _ in range(count):
-                        skip_value(item)
-                return None
-            if vtype not in scalar:
-                raise ValueError(f"unknown value type {vtype}")
-            value = buf[pos:pos + scalar[vtype]]
-            pos += scalar[vtype]
-            return bytes(value)
-
-        take("I")  # version
-        n_tensors, n_kv = take("Q"), take("Q")
-        alignment = 32
-        for _ in range(n_kv):
-            key = skip_value(8)
-            value = skip_value(take("I"))
-            if key == b"general.alignment" and value is not None:
-                alignment = int.from_bytes(value, "little")
-        tensors = []
-        for _ in range(n_tensors):
-            name = skip_value(8)
-            dims = [take("Q") for _ in range(take("I"))]
-            ttype, offset = take("I"), take("Q")
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-            n = 1
-            for d in dims:
-                n *= d
-            tensors.append((name, offset, n // block * type_size))
-        data_start = (pos + alignment - 1) // alignment * alignment
-    except (struct.error, ValueError, KeyError, IndexError) as exc:
-        raise ValueError(f"{path.name} is corrupt or truncated (header: {exc})") from exc
-    finally:
-        buf.close()
-    for name, offset, nbytes in tensors:
-        if data_start + offset + nbytes > size:
-            raise ValueError(f"{path.name} is corrupt or truncated (tensor {name.decode(errors='replace')} "
-                             f"ends past the end of the file)")
-
-
 # --- the app -------------------------------------------------------------------------------------
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
-                        headers=headers)
+def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error on this port in OpenAI's shape: kiosks' clients read `error.message`."""
+    return JSONResponse(protocol.error_body(message, kind, param, code), status_code=status, headers=headers)
 
 
 class KioskAuth:
@@ -410,7 +292,8 @@ class KioskAuth:
             given = header[7:] if header.lower().startswith("bearer ") else headers.get("x-api-key", "")
             if not secrets.compare_digest(given.encode(), self.key):
                 self.metrics.requests.inc(endpoint=path, code="401")
-                await _error(401, "missing or wrong kiosk key", "invalid_api_key")(scope, receive, send)
+                await _error(401, "missing or wrong kiosk key", "invalid_request_error",
+                             "invalid_api_key")(scope, receive, send)
                 return
         status = 500  # unless the app starts a response
 
@@ -480,94 +363,118 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
                          "artifact_id": slot.info.artifact_id})
         return {"object": "list", "data": data}
 
-    async def _run(body: _Sampling, call: Any) -> Response:
+    async def _run(body: ChatRequest | CompletionRequest, call: Any) -> Response:
         loop = asyncio.get_running_loop()
-        job = Job(call=call, stream=body.stream, loop=loop)
+        job = Job(call=call, stream=bool(body.stream), loop=loop)
         try:
             slot = state.submit(job)
         except Unavailable as exc:
-            return _error(503, str(exc), "unavailable", {"Retry-After": str(exc.retry_after)})
+            return _error(503, str(exc), "server_error", "unavailable", headers={"Retry-After": str(exc.retry_after)})
         name = slot.info.name
+        started = time.monotonic()
+        try:
+            # Streamed too: the first item comes before any byte is sent, so a refusal found while
+            # preparing the prompt (too long for the context, a template error) is a plain 400.
+            first = await job.out.get()
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            raise
+        if isinstance(first, Exception):
+            job.cancelled.set()
+            return _failure(first)
         if not body.stream:
-            started = time.monotonic()
-            try:
-                result = await job.out.get()
-            except asyncio.CancelledError:
-                job.cancelled.set()
-                raise
-            if isinstance(result, Exception):
-                return _error(400 if isinstance(result, ValueError) else 500, str(result), "generation_error")
-            result["model"] = name
-            tokens = result.get("usage", {}).get("completion_tokens", 0)
+            first["model"] = name
+            tokens = first.get("usage", {}).get("completion_tokens", 0)
             _count(state.metrics, tokens, time.monotonic() - started)
-            return JSONResponse(result)
+            return JSONResponse(first)
 
         async def events() -> AsyncIterator[bytes]:
-            first: float | None = None
+            start: float | None = None
             count = 0
+            item = first
             try:
-                while True:
-                    item = await job.out.get()
-                    if item is END:
-                        break
+                while item is not END:
                     if isinstance(item, Exception):
-                        yield _sse({"error": {"message": str(item), "type": "generation_error"}})
+                        yield _sse(protocol.error_body(str(item), "server_error"))
                         break
-                    if first is None:
-                        first = time.monotonic()
-                        state.metrics.ttft.observe(first - job.enqueued)
-                    count += 1
+                    if start is None:
+                        start = time.monotonic()
+                        state.metrics.ttft.observe(start - job.enqueued)
+                    count += 1 if item.get("choices") else 0  # not the usage chunk
                     item["model"] = name
                     yield _sse(item)
+                    item = await job.out.get()
                 yield b"data: [DONE]\n\n"
             finally:
                 job.cancelled.set()  # a disconnect stops the generation; a normal end changes nothing
-                if first is not None:
-                    _count(state.metrics, count, time.monotonic() - first)
+                if start is not None:
+                    _count(state.metrics, count, time.monotonic() - start)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible, streaming with stream=true)")
+    async def _read(request: Request) -> bytes:
+        """The body, refused (413) past the limit without reading the rest of it."""
+        limit = runtime.settings.inference_max_request_bytes
+        declared = request.headers.get("content-length", "")
+        too_large = RequestError(f"the request body is larger than {limit} bytes (APPLIANCE_INFERENCE_MAX_REQUEST_"
+                                 "BYTES)", None, "request_too_large", status=413)
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible, streaming with stream=true)",
+              openapi_extra=protocol.openapi_body(ChatRequest))
     async def chat(request: Request) -> Response:
-        try:
-            body = ChatRequest.model_validate(await request.json())
-            response_format = body.response_format_for_llama()
-        except (ValidationError, ValueError) as exc:
-            return _error(400, _message(exc), "invalid_request_error")
-        kwargs = body.kwargs(runtime.settings.inference_ctx)
-        if body.max_completion_tokens:
-            kwargs["max_tokens"] = body.max_completion_tokens
-
-        def call(llm: Any) -> Any:
-            return llm.create_chat_completion(messages=body.messages, stream=body.stream,
-                                              response_format=response_format, **kwargs)
-
+        body: ChatRequest = protocol.parse(await _read(request), ChatRequest)
+        messages = kiosk_messages.messages_of(body)
+        call = chat_call(body, messages, body.response_format_for_llama(), kiosk_messages.text_bytes(messages))
         return await _run(body, call)
 
-    @app.post("/v1/completions", summary="Text completion (OpenAI-compatible, streaming with stream=true)")
+    @app.post("/v1/completions", summary="Text completion (OpenAI-compatible, streaming with stream=true)",
+              openapi_extra=protocol.openapi_body(CompletionRequest))
     async def completions(request: Request) -> Response:
-        try:
-            body = CompletionRequest.model_validate(await request.json())
-        except (ValidationError, ValueError) as exc:
-            return _error(400, _message(exc), "invalid_request_error")
-        if isinstance(body.prompt, list) and len(body.prompt) != 1:
-            return _error(400, "one prompt per request", "invalid_request_error")
-        prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-        kwargs = body.kwargs(runtime.settings.inference_ctx)
+        body: CompletionRequest = protocol.parse(await _read(request), CompletionRequest)
+        return await _run(body, completion_call(body, kiosk_messages.prompt_of(body)))
 
-        def call(llm: Any) -> Any:
-            return llm.create_completion(prompt=prompt, stream=body.stream, **kwargs)
-
-        return await _run(body, call)
-
+    _install_errors(app)
     return app
 
 
-def _message(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return str(exc)
+def _failure(exc: BaseException) -> JSONResponse:
+    if isinstance(exc, RequestError):
+        return _error(exc.status, exc.message, exc.kind, exc.code, exc.param)
+    if isinstance(exc, ValueError):  # llama-cpp-python's word for a request it cannot do
+        return _error(400, str(exc), "invalid_request_error")
+    log.error("generation failed: %r", exc)
+    return _error(500, f"generation failed: {exc}", "server_error")
+
+
+def _install_errors(app: FastAPI) -> None:
+    """OpenAI's error shape for everything, including routes that do not exist and crashes."""
+
+    async def request_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestError)
+        return _failure(exc)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error",
+                      headers=dict(exc.headers) if exc.headers else None)
+
+    async def crash(_request: Request, exc: Exception) -> Response:
+        log.exception("request failed", exc_info=exc)
+        return _error(500, "internal error (logged on the appliance)", "server_error")
+
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, crash)
 
 
 def _sse(obj: Any) -> bytes:

@@ -57,12 +57,12 @@ class ChatTokenizer:
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self.template = env.from_string(source or FALLBACK_TEMPLATE)
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
         return self.template.render(
             messages=messages, add_generation_prompt=add_generation_prompt, **self.special
         )
 
-    def count_tokens(self, conversations: list[list[dict[str, str]]]) -> list[int]:
+    def count_tokens(self, conversations: list[list[dict[str, Any]]]) -> list[int]:
         """Tokens per conversation as the chat template renders it (special tokens are in the text)."""
         texts = [self.render(c) for c in conversations]
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)

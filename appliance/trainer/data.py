@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,8 +30,10 @@ class Example:
         return sum(1 for t in self.labels if t != IGNORE)
 
 
-def assistant_spans(tok: ChatTokenizer, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
-    """Character spans of each assistant turn (content and end-of-turn marker) in the rendered text."""
+def assistant_spans(tok: ChatTokenizer, messages: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
+    """Character spans of each trained assistant turn (content and end-of-turn marker) in the rendered
+    text. A turn stored with `weight: 0` (OpenAI's "context, do not train") stays in the text but gets
+    no span, so none of its tokens carries a label."""
     spans: list[tuple[int, int]] = []
     cursor = 0
     for k, message in enumerate(messages):
@@ -38,17 +41,21 @@ def assistant_spans(tok: ChatTokenizer, messages: list[dict[str, str]], text: st
             continue
         prefix = tok.render(messages[:k], add_generation_prompt=True)
         upto = tok.render(messages[: k + 1])
+        span: tuple[int, int] | None = None
         if text.startswith(prefix) and text.startswith(upto):
-            spans.append((len(prefix), len(upto)))
+            span = (len(prefix), len(upto))
         else:  # a template whose prefixes are not stable: find the content itself
             start = text.find(message["content"], cursor)
             if start >= 0:
-                spans.append((start, start + len(message["content"])))
-        cursor = spans[-1][1] if spans else cursor
+                span = (start, start + len(message["content"]))
+        if span is not None:
+            cursor = span[1]
+            if message.get("weight", 1) != 0:
+                spans.append(span)
     return spans
 
 
-def encode(tok: ChatTokenizer, messages: list[dict[str, str]], cutoff_len: int) -> Example | None:
+def encode(tok: ChatTokenizer, messages: list[dict[str, Any]], cutoff_len: int) -> Example | None:
     text = tok.render(messages)
     spans = assistant_spans(tok, messages, text)
     enc = tok.tokenizer.encode(text, add_special_tokens=False)
