@@ -8,7 +8,8 @@
       runs/<run_id>/          training output (checkpoints, adapter)
       artifacts/<id>/         exported files
       tmp/                    work in progress; same filesystem, so a finished file is renamed in
-      serving.lock            held by the inference server while kiosk requests are in flight
+      serving.lock            held by the inference server while a kiosk request generates
+      background.lock         held by the worker while a training/export child lives
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ class Paths:
     def serving_lock(self) -> Path:
         """Kiosks first (appliance/serving.py): held while kiosk requests are in flight."""
         return self.root / "serving.lock"
+
+    @property
+    def background_lock(self) -> Path:
+        """Kiosks first (appliance/serving.py): held by the worker while a child (training, export) lives."""
+        return self.root / "background.lock"
 
     @property
     def tmp(self) -> Path:

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         gt=0,
         le=1,
         description="Under continuous kiosk traffic, the least share of wall-clock time (over the last "
-        "minute) a training, export or evaluation process still runs, so it is never starved. 1 = never "
+        "~10 s) a training, export or evaluation process still runs, so it is never starved. 1 = never "
         "wait for kiosks.",
     )
     inference_threads: int = Field(

@@ -8,7 +8,8 @@ the bundled SmolLM2-135M) in bench/.work/coexist, once per mode, and through the
 - kiosk latency of a 64-token greedy chat answer (p50, p99, tokens/s): idle; during a `lora-cpu` run;
   during a Q8_0 export;
 - training tokens/s (real tokens of the steps completed in a window / the window's wall time): with
-  idle kiosks, and under a steady kiosk load (one request every 5 s).
+  idle kiosks, under a steady kiosk load (one request every 5 s), and under continuous kiosk traffic
+  (the next request as soon as an answer arrives: no starvation).
 Evaluation jobs do not exist yet (their issue is open); they will spawn through the same worker path.
 Writes bench/results/coexist.json.
 
@@ -103,6 +104,7 @@ def ask(app: Appliance) -> tuple[float, int]:
 def summary(samples: list[tuple[float, int]]) -> dict[str, Any]:
     if not samples:
         return {"requests": 0}
+    print("  latencies:", " ".join(f"{s:.2f}" for s, _ in samples), flush=True)
     lat = sorted(s for s, _ in samples)
     p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
     return {"requests": len(lat), "p50_s": round(statistics.median(lat), 3), "p99_s": round(p99, 3),
@@ -163,6 +165,9 @@ def measure(priority: bool, dataset: Path, window: float, requests: int) -> dict
             time.sleep(max(0.0, 5.0 - (time.monotonic() - tick)))
         out["steady_load"] = summary(steady)
         out["train_tokens_per_s_steady_load"] = round(training_rate(app, run["id"], t0, time.time()), 1)
+        t0 = time.time()  # continuous traffic: a kiosk asking again the moment it has its answer
+        out["continuous_load"] = summary(kiosk_series(app, 10**6, 0.0, until=lambda: time.time() - t0 > window))
+        out["train_tokens_per_s_continuous_load"] = round(training_rate(app, run["id"], t0, time.time()), 1)
         out["paused_for_serving_s"] = app.api.get(f"/api/runs/{run['id']}").json()["paused_for_serving_s"]
         app.api.post(f"/api/runs/{run['id']}/cancel").raise_for_status()
         time.sleep(3)  # the trainer child stops
@@ -189,6 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--window", type=float, default=60.0, help="seconds per training-speed window")
     parser.add_argument("--requests", type=int, default=20, help="kiosk requests per latency series")
+    parser.add_argument("--only", choices=["on", "off"], help="measure one mode only (no comparison, no results file)")
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -198,9 +204,13 @@ def main() -> None:
                                "model": "SmolLM2-135M-Instruct (bundled, Q4_1 GGUF served; lora-cpu preset trained)",
                                "kiosk_request": "64-token greedy chat answer, non-streamed"}
     for name, priority in (("today (serving_priority off)", False), ("kiosks first (serving_priority on)", True)):
+        if args.only and args.only != ("on" if priority else "off"):
+            continue
         print(f"measuring {name} ...", flush=True)
         results[name] = measure(priority, dataset, args.window, args.requests)
         print(json.dumps(results[name], indent=2), flush=True)
+    if args.only:
+        return
     off, on = results["today (serving_priority off)"], results["kiosks first (serving_priority on)"]
     idle = on["idle"]
     results["targets"] = {

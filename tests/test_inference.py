@@ -29,7 +29,7 @@ from appliance.api.app import create_app
 from appliance.bootstrap import bootstrap
 from appliance.db.tables import Artifact
 from appliance.models.registry import BUNDLED_ID
-from appliance.serving import kiosks_active
+from appliance.serving import is_held
 
 KEY = "test-kiosk-key"
 QUESTION = [{"role": "user", "content": "Where is the pharmacy?"}]
@@ -158,17 +158,17 @@ def test_requests_in_flight_hold_the_serving_signal_for_worker_children(served: 
     server, cp = served
     lock = cp.runtime.paths.serving_lock
     client = server.client()
-    assert not kiosks_active(lock)
+    assert not is_held(lock)
     for disconnect in (False, True):
         stream = chat(client, stream=True, max_tokens=40)
         next(iter(stream))  # the first token is out: the request is generating
-        assert kiosks_active(lock)
+        assert is_held(lock)
         if disconnect:
             stream.close()
         else:
             assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         deadline = time.monotonic() + 30
-        while kiosks_active(lock):
+        while is_held(lock):
             assert time.monotonic() < deadline, "the signal outlived the request"
             time.sleep(0.05)
 

@@ -23,7 +23,7 @@ from sqlmodel import Session, select
 from appliance.api.app import create_app
 from appliance.bootstrap import Runtime, bootstrap
 from appliance.db.tables import Event
-from appliance.serving import ServingSignal
+from appliance.serving import Signal
 from appliance.worker.worker import Worker
 
 PLACES = ["pharmacy", "lab", "x-ray room", "cafeteria", "parking", "front desk", "billing office", "chapel"]
@@ -220,7 +220,7 @@ def test_a_run_under_continuous_kiosk_traffic_progresses_records_its_wait_and_le
     """Kiosks busy for the whole run (the inference server's signal held throughout): the run still
     finishes at its minimum share, says how long it waited, and computes exactly what it computes alone."""
     e = Env(data_dir, training_min_share=0.5)
-    kiosks = ServingSignal(e.runtime.paths.serving_lock)
+    kiosks = Signal(e.runtime.paths.serving_lock)
     kiosks.enter()
     try:
         run = e.create(CRASH_CONFIG)
@@ -258,7 +258,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(
     run = env.create(CRASH_CONFIG)
     run_dir = env.runtime.paths.run_dir(run["id"])
     fault = {"APPLIANCE_FAULT_POWER_CUT_IN_CHECKPOINT": "6"} if power_cut_in_checkpoint else {}
-    kiosks = ServingSignal(env.runtime.paths.serving_lock)
+    kiosks = Signal(env.runtime.paths.serving_lock)
     if kiosks_busy:  # the run pauses between micro-batches for the whole first attempt
         kiosks.enter()
     first = env.worker_process(APPLIANCE_TRAINING_MIN_SHARE="0.5", **fault)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.inference.metrics import Metrics
-from appliance.serving import ServingSignal
+from appliance.serving import KioskPriority
 
 END = object()
 log = logging.getLogger("appliance.inference")
@@ -68,10 +68,11 @@ class Slot:
 
     def __init__(self, info: ModelInfo, load: Callable[[], Any], check: Callable[[Any], str], queue_size: int,
                  metrics: Metrics, compute: threading.Lock, loading: threading.Event | None = None,
-                 threads: int = 0, serving: ServingSignal | None = None) -> None:
+                 threads: int = 0, priority: KioskPriority | None = None) -> None:
         self.info, self.metrics, self.compute = info, metrics, compute
-        # Held from a request's acceptance to its end: worker children wait while it is (serving.py).
-        self.serving = serving
+        # Kiosks first (appliance/serving.py): held while a request generates, and the gaps that keep
+        # background work's minimum share under continuous traffic.
+        self.priority = priority
         # Set while another model loads and smoke-tests beside this one: generate with one thread
         # fewer, leaving the newcomer a core instead of three threads fighting over two.
         self.loading = loading or threading.Event()
@@ -105,8 +106,6 @@ class Slot:
                 self.jobs.put_nowait(job)
             except queue.Full:
                 return "full"
-            if self.serving is not None:
-                self.serving.enter()
         self.metrics.queue_depth.set(self.jobs.qsize())
         return "ok"
 
@@ -157,16 +156,18 @@ class Slot:
             self.metrics.queue_depth.set(self.jobs.qsize())
             if job is None:
                 break
+            if job.cancelled.is_set():
+                continue
+            self.busy = True
+            if self.priority is not None:
+                self.metrics.held_back.inc(self.priority.begin())
             try:
-                if job.cancelled.is_set():
-                    continue
-                self.busy = True
                 with self.compute:
                     self._run(job)
             finally:
                 self.busy = False
-                if self.serving is not None:
-                    self.serving.leave()
+                if self.priority is not None:
+                    self.priority.end()
         self.llm.close()
         log.debug("%s: closed", self.info.key)
 

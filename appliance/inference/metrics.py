@@ -79,11 +79,13 @@ class Metrics:
         self.ttft = Summary("appliance_inference_time_to_first_token_seconds", "Time to first token")
         self.active = Gauge("appliance_inference_active_model", "The model being served (value 1)")
         self.swaps = Counter("appliance_inference_swaps_total", "Model swaps by strategy and result")
+        self.held_back = Counter("appliance_inference_held_back_seconds_total",
+                                 "Seconds requests were held back so training keeps its minimum share")
         self.swap_gap = Gauge("appliance_inference_last_swap_gap_seconds", "Time without a model in the last swap")
 
     def render(self) -> str:
         out: list[str] = []
         for m in (self.requests, self.errors, self.queue_depth, self.tokens, self.generation_seconds,
-                  self.tokens_per_s, self.ttft, self.active, self.swaps, self.swap_gap):
+                  self.tokens_per_s, self.ttft, self.active, self.swaps, self.held_back, self.swap_gap):
             out += m.render()
         return "\n".join(out) + "\n"

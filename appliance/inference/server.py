@@ -38,7 +38,7 @@ from appliance.inference.metrics import Metrics
 from appliance.inference.protocol import ChatRequest, CompletionRequest, RequestError
 from appliance.jobs import deployments
 from appliance.models.registry import BUNDLED_ID
-from appliance.serving import ServingSignal
+from appliance.serving import KioskPriority
 
 log = logging.getLogger("appliance.inference")
 SMOKE_MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -67,8 +67,10 @@ class Inference:
         self.last_error: str | None = None
         self.compute = threading.Lock()  # one generation at a time on this machine
         self.loading = threading.Event()  # a new model is loading and smoke-testing beside the serving one
-        # Kiosks first: worker children wait between their steps while this is held (appliance/serving.py).
-        self.serving = ServingSignal(runtime.paths.serving_lock) if runtime.settings.serving_priority else None
+        # Kiosks first (appliance/serving.py): worker children wait while a request generates.
+        s, paths = runtime.settings, runtime.paths
+        self.priority = (KioskPriority(paths.serving_lock, paths.background_lock, min_share=s.training_min_share)
+                         if s.serving_priority else None)
 
     # loading
 
@@ -91,7 +93,7 @@ class Inference:
 
     def _new_slot(self, info: ModelInfo) -> Slot:
         return Slot(info, lambda: self.load(info), self.smoke, self.settings.inference_queue, self.metrics,
-                    self.compute, self.loading, self.threads, self.serving)
+                    self.compute, self.loading, self.threads, self.priority)
 
     @property
     def threads(self) -> int:

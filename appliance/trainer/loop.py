@@ -153,11 +153,10 @@ def check_health(step: int, loss: float, grad_norm: float, history: list[float])
 
 
 def yield_to_kiosks(gate: ServingGate) -> None:
-    """Between micro-batches: wait while kiosk requests are in flight (appliance/serving.py). Pausing
-    changes when a step runs, never what it computes: no random draw or data position depends on it."""
-    waited = gate.wait()
-    if waited > 0:
-        emit("paused", seconds=round(waited, 4))
+    """Between micro-batches: wait while a kiosk request generates (appliance/serving.py; the worker
+    records the time). Pausing changes when a step runs, never what it computes: no random draw or data
+    position depends on it."""
+    gate.wait()
 
 
 def evaluate(sharded: ShardedPass, examples: list[data.Example], batch_size: int, gate: ServingGate) -> float:
@@ -174,6 +173,8 @@ def train(spec: dict[str, Any]) -> None:
     from transformers import get_scheduler
 
     cfg = TrainConfig.model_validate(spec["config"])
+    # First: from here on the inference server leaves this run its minimum share (loading included).
+    gate = ServingGate.from_spec(spec.get("serving"))
     run_dir = Path(spec["run_dir"])
     device = pick_device()
     random.seed(cfg.seed)
@@ -208,7 +209,6 @@ def train(spec: dict[str, Any]) -> None:
     model.train()
     history: list[float] = []
     eval_every = cfg.eval_steps or cfg.save_steps
-    gate = ServingGate.from_spec(spec.get("serving"))
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         micro = [plan.micro_batch((step - 1) * ga + j) for j in range(ga)]
@@ -256,7 +256,7 @@ def train(spec: dict[str, Any]) -> None:
         if (run_dir / "adapter").exists():  # left by a crash after publishing, before recording
             shutil.rmtree(run_dir / "adapter")
         fsutil.publish(tmp, run_dir / "adapter")
-    log(f"waited {gate.paused_s:.1f} s for kiosk requests in this attempt")
+    log(f"waited {gate.paused_s:.1f} s between steps for kiosk requests in this attempt")
     emit("done", adapter=str(run_dir / "adapter"), steps=step, best_eval=state["best_eval"])
 
 

@@ -27,7 +27,7 @@ from sqlmodel import Session
 from appliance.bootstrap import Runtime
 from appliance.db.tables import Artifact, Run
 from appliance.jobs import exports, runs
-from appliance.serving import lower_priority
+from appliance.serving import Signal, is_held, lower_priority
 from appliance.trainer.allocator import training_env
 from appliance.trainer.config import TrainConfig
 
@@ -58,7 +58,8 @@ class Job:
     done: dict[str, Any] | None = None
     error: str | None = None
     last_beat: float = 0.0
-    paused_s: float = 0.0  # waited for kiosks, not yet recorded
+    paused_s: float = 0.0  # behind kiosk requests, not yet recorded
+    seen_at: float = 0.0
 
 
 def _pump(stream: IO[str], sink: queue.Queue[str | None]) -> None:
@@ -70,7 +71,22 @@ def _pump(stream: IO[str], sink: queue.Queue[str | None]) -> None:
 class Worker:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.job: Job | None = None
+        self._job: Job | None = None
+        # Held while a child lives, from before its first instruction (imports included): the inference
+        # server then leaves it its minimum share under continuous kiosk traffic (appliance/serving.py).
+        self.background = Signal(runtime.paths.background_lock) if runtime.settings.serving_priority else None
+
+    @property
+    def job(self) -> Job | None:
+        return self._job
+
+    @job.setter
+    def job(self, job: Job | None) -> None:
+        if self.background is not None and job is None and self._job is not None:
+            self.background.leave()
+        elif self.background is not None and job is not None and self._job is None:
+            self.background.enter()
+        self._job = job
 
     def run_once(self) -> list[str]:
         if self.job is None:
@@ -186,8 +202,6 @@ class Worker:
             kind = msg.get("type")
             if kind == "progress":
                 job.stage, job.progress = msg.get("stage"), msg.get("progress")
-            elif kind == "paused":
-                job.paused_s += float(msg.get("seconds", 0.0))
             elif kind == "metric":
                 runs.record_metric(engine=self.rt.engine, run_id=job.run_id, metric=msg)
             elif kind == "checkpoint":
@@ -202,6 +216,11 @@ class Worker:
     def _watch(self, job: Job) -> list[str]:
         ended = self._relay(job)
         now = time.monotonic()
+        # Time behind kiosks: while a kiosk request generates, the child waits at its next step and its
+        # idle-priority threads get no core (appliance/serving.py), so that time is the run's wait.
+        if job.seen_at and is_held(self.rt.paths.serving_lock):
+            job.paused_s += now - job.seen_at
+        job.seen_at = now
         if now - job.last_beat >= HEARTBEAT_S and job.proc.poll() is None:
             job.last_beat = now
             paused, job.paused_s = job.paused_s, 0.0
