@@ -1,6 +1,6 @@
 """Kiosks first: serving has priority on the box; training, export and evaluation use what it leaves.
 
-Two mechanisms, both needed (measured in bench/coexist.py; the profile behind them is in its docstring):
+Three parts, each needed (measured in bench/coexist.py; the profile behind them is in its docstring):
 
 - **CPU priority.** Worker children (trainer, export, evaluation) run under Linux's `SCHED_IDLE`
   policy (falling back to nice 19 where it is refused): the scheduler gives them a core only when no
@@ -17,7 +17,7 @@ dies (kill -9, out of memory), so a crashed server never stalls training; it wor
 sharing the data volume; a check is one `F_OFD_GETLK` system call, which tests without taking the
 lock, so a kiosk request never waits on a low-priority child (no priority inversion).
 
-No starvation: under continuous kiosk traffic background work still runs at least `min_share` of the
+- **No starvation.** Under continuous kiosk traffic background work still runs at least `min_share` of the
 wall-clock time, measured over a sliding window (exponentially decayed sums, time constant `window_s`).
 On a CPU the inference server keeps that promise (`KioskPriority`): the worker holds
 `<data_dir>/background.lock` while a child lives, and when it does and kiosks have had more than
