@@ -284,11 +284,11 @@ def datasets_rm(dataset_id: str) -> None:
 
 
 def _run_public(runtime: Runtime, run_id: str) -> dict[str, Any]:
-    from appliance.api.schemas import RunPublic
+    from appliance.api.routers.runs import public
     from appliance.jobs.runs import get_run
 
     with Session(runtime.engine) as session:
-        return RunPublic.of(session, get_run(session, run_id)).model_dump(mode="json")
+        return public(session, [get_run(session, run_id)])[0].model_dump(mode="json")
 
 
 @runs_app.command("create")

@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlmodel import Session, col, select
 
-from appliance.db.tables import Artifact, Checkpoint, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric
+from appliance.db.tables import Artifact, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric
+from appliance.jobs.runs import RunExtra
 
 
 class ModelFile(BaseModel):
@@ -140,17 +140,16 @@ class RunPublic(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, session: Session, r: Run) -> RunPublic:
-        ckpts = session.exec(select(Checkpoint).where(Checkpoint.run_id == r.id).order_by(col(Checkpoint.step)))
-        adapter = session.exec(select(Artifact.id).where(Artifact.run_id == r.id).where(Artifact.kind == "adapter"))
+    def of(cls, r: Run, extra: RunExtra) -> RunPublic:
+        """No I/O: what comes from other tables is loaded beforehand, for many runs at once (runs.extras)."""
         return cls(
             id=r.id, name=r.name, status=r.status, dataset_id=r.dataset_id, base_model_id=r.base_model_id,
             preset=r.preset, config=json.loads(r.config_json), step=r.step, max_steps=r.max_steps, loss=r.loss,
             error=r.error, estimate=json.loads(r.estimate_json) if r.estimate_json else None,
             result=json.loads(r.result_json) if r.result_json else None, attempts=r.attempts,
             paused_for_serving_s=round(r.paused_for_serving_s, 3),
-            checkpoints=[CheckpointPublic(step=c.step, created_at=c.created_at) for c in ckpts],
-            adapter_artifact_id=adapter.first(), created_at=r.created_at, started_at=r.started_at,
+            checkpoints=[CheckpointPublic(step=c.step, created_at=c.created_at) for c in extra.checkpoints],
+            adapter_artifact_id=extra.adapter_artifact_id, created_at=r.created_at, started_at=r.started_at,
             finished_at=r.finished_at,
         )
 

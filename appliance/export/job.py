@@ -87,7 +87,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         figures["checked_on"] = "an f16 GGUF of the base model with this adapter applied (lora_path)"
         report("verify", 1.0)
         result.update(main=out.name, files=[out.name], verification=figures,
-                      failure=verify.verdict("f16", figures), paused_for_serving_s=round(gate.paused_s, 3))
+                      failure=verify.verdict("f16", figures))
         return result
 
     direct = out_type in DIRECT_TYPES
@@ -114,9 +114,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     ids = verify.prompt_tokens(src)
     figures = verify.compare(verify.torch_logits(model, ids), verify.gguf_logits(out, ids))
     report("verify", 1.0)
+    print(f"waited {gate.paused_s:.1f} s between steps for kiosk requests", file=sys.stderr, flush=True)
     (work / "Modelfile").write_text(render_modelfile(out.name, src))
     result.update(main=out.name, files=[out.name, "Modelfile"], verification=figures,
-                  failure=verify.verdict(out_type, figures), paused_for_serving_s=round(gate.paused_s, 3))
+                  failure=verify.verdict(out_type, figures))
     return result
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,25 @@ def get_run(session: Session, run_id: str) -> Run:
     if run is None:
         raise NotFoundError(f"no run with id {run_id!r}")
     return run
+
+
+@dataclass(frozen=True)
+class RunExtra:
+    """What a run's public view needs from other tables."""
+
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    adapter_artifact_id: str | None = None
+
+
+def extras(session: Session, run_ids: list[str]) -> dict[str, RunExtra]:
+    """Checkpoints and adapter artifact of many runs in two queries (not two per run)."""
+    ckpts: dict[str, list[Checkpoint]] = {r: [] for r in run_ids}
+    for c in session.exec(select(Checkpoint).where(col(Checkpoint.run_id).in_(run_ids)).order_by(
+            col(Checkpoint.step))):
+        ckpts[c.run_id].append(c)
+    adapters = dict(session.exec(select(Artifact.run_id, Artifact.id).where(col(Artifact.run_id).in_(run_ids))
+                                 .where(Artifact.kind == "adapter")).all())
+    return {r: RunExtra(ckpts[r], adapters.get(r)) for r in run_ids}
 
 
 def list_runs(session: Session) -> list[Run]:

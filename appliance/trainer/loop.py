@@ -173,8 +173,7 @@ def train(spec: dict[str, Any]) -> None:
     from transformers import get_scheduler
 
     cfg = TrainConfig.model_validate(spec["config"])
-    # First: from here on the inference server leaves this run its minimum share (loading included).
-    gate = ServingGate.from_spec(spec.get("serving"))
+    gate = ServingGate.from_spec(spec.get("serving"))  # waits between micro-batches while kiosks generate
     run_dir = Path(spec["run_dir"])
     device = pick_device()
     random.seed(cfg.seed)

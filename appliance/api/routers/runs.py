@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
 from appliance.api.schemas import MetricPublic, RunPublic
+from appliance.db.tables import Run
 from appliance.jobs import runs
 from appliance.trainer.config import list_presets
 
@@ -48,17 +49,23 @@ def create(body: RunCreate, runtime: RuntimeDep) -> RunPublic:
 
 def _public(engine: Any, run_id: str) -> RunPublic:
     with Session(engine) as session:
-        return RunPublic.of(session, runs.get_run(session, run_id))
+        return public(session, [runs.get_run(session, run_id)])[0]
+
+
+def public(session: Session, rows: list[Run]) -> list[RunPublic]:
+    """Public views of many runs with a fixed number of queries."""
+    extra = runs.extras(session, [r.id for r in rows])
+    return [RunPublic.of(r, extra[r.id]) for r in rows]
 
 
 @router.get("", response_model=list[RunPublic], summary="List runs, newest first", responses=ERRORS)
 def list_(session: SessionDep) -> list[RunPublic]:
-    return [RunPublic.of(session, r) for r in runs.list_runs(session)]
+    return public(session, runs.list_runs(session))
 
 
 @router.get("/{run_id}", response_model=RunPublic, summary="One run", responses=ERRORS)
 def show(run_id: str, session: SessionDep) -> RunPublic:
-    return RunPublic.of(session, runs.get_run(session, run_id))
+    return public(session, [runs.get_run(session, run_id)])[0]
 
 
 @router.get("/{run_id}/metrics", response_model=list[MetricPublic], summary="Per-step metrics", responses=ERRORS)
@@ -80,16 +87,16 @@ async def events(run_id: str, request: Request, runtime: RuntimeDep,
             with Session(runtime.engine) as session:
                 run = runs.get_run(session, run_id)
                 new = runs.metrics(session, run_id, after_id=last_id)
-                public = RunPublic.of(session, run)
+                view = public(session, [run])[0]
             for m in sorted(new, key=lambda m: m.id or 0):
                 last_id = max(last_id, m.id or 0)
                 yield f"event: metric\ndata: {MetricPublic.of(m).model_dump_json()}\n\n"
-            if public.status != last_status or new or public.paused_for_serving_s != last_paused:
-                last_status, last_paused = public.status, public.paused_for_serving_s
-                head = public.model_dump(include={"id", "status", "step", "max_steps", "loss", "error",
-                                                    "paused_for_serving_s"})
+            if view.status != last_status or new or view.paused_for_serving_s != last_paused:
+                last_status, last_paused = view.status, view.paused_for_serving_s
+                head = view.model_dump(include={"id", "status", "step", "max_steps", "loss", "error",
+                                                  "paused_for_serving_s"})
                 yield f"event: status\ndata: {json.dumps(head)}\n\n"
-            if public.status in ("succeeded", "failed", "cancelled"):
+            if view.status in ("succeeded", "failed", "cancelled"):
                 return
             await asyncio.sleep(poll_s)
 
