@@ -9,7 +9,7 @@ import pytest
 from appliance.errors import InvalidInputError
 from appliance.models.chat import ChatTokenizer
 from appliance.models.registry import BUNDLED_ID
-from appliance.trainer import data
+from appliance.trainer import data, rows
 from appliance.trainer.config import IGNORED_KEYS, TrainConfig, list_presets, parse_config
 from appliance.trainer.loop import TrainingError, check_health
 
@@ -35,12 +35,12 @@ def test_labels_cover_exactly_the_assistant_turns(template_dir: Path) -> None:
     tok = ChatTokenizer(template_dir / "models" / BUNDLED_ID / "hf")
     messages = [{"role": "user", "content": "Where is the lab?"}, {"role": "assistant", "content": "Floor 2."},
                 {"role": "user", "content": "And parking?"}, {"role": "assistant", "content": "Behind the clinic."}]
-    ex = data.encode(tok, messages, 1024)
+    ex = rows.encode(tok, messages, 1024)
     assert ex is not None
     decoded = tok.tokenizer.decode([t for t in ex.labels if t != data.IGNORE], skip_special_tokens=False)
     assert decoded == "Floor 2.<|im_end|>\nBehind the clinic.<|im_end|>\n"
     assert "Where is the lab" not in decoded and len(ex.input_ids) == len(ex.labels)
-    assert data.encode(tok, messages, 8) is None  # cut before any assistant token: dropped
+    assert rows.encode(tok, messages, 8) is None  # not even the answer fits: dropped
 
 
 def test_batch_plan_is_a_pure_function_of_seed_and_epoch() -> None:
