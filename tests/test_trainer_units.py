@@ -96,3 +96,16 @@ def test_training_children_get_jemalloc_when_installed() -> None:
     if os.environ.get("CI"):
         assert jemalloc_path() is not None, ".ci/run installs libjemalloc2"
     assert "LD_PRELOAD" not in training_env({}, "system")
+
+
+def test_a_recorded_template_replaces_the_models_own(template_dir: Path) -> None:
+    from appliance.models.templates import CHATML
+
+    hf = template_dir / "models" / BUNDLED_ID / "hf"
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    own = ChatTokenizer(hf).render(messages)
+    assert "named SmolLM" in own  # the model's own template adds its default system prompt
+    chatml = ChatTokenizer(hf, template=CHATML)
+    assert chatml.render(messages) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n"
+    ex = rows.encode(chatml, messages, 64)
+    assert ex is not None and len(ex.input_ids) < len(ChatTokenizer(hf).tokenizer.encode(own).ids)
