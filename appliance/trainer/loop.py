@@ -190,6 +190,9 @@ def train(spec: dict[str, Any]) -> None:
     # The template recorded with the run (models/templates.py); runs queued before it was recorded use
     # the model's own.
     tok = ChatTokenizer(Path(spec["hf_dir"]), template=spec.get("chat_template"))
+    if not tok.has_template:  # never train on a guessed format (a run queued before templates were recorded)
+        raise TrainingError("the model has no chat template and the run names none; create the run again with "
+                            "`template: chatml`")
     examples, report = rows.load_examples(Path(spec["dataset_path"]), tok, cfg.cutoff_len, cfg.max_samples)
     report_data(report)
     train_set, val_set = data.split(examples, cfg.val_size, cfg.seed)
