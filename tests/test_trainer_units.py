@@ -9,7 +9,7 @@ import pytest
 from appliance.errors import InvalidInputError
 from appliance.models.chat import ChatTokenizer
 from appliance.models.registry import BUNDLED_ID
-from appliance.trainer import data
+from appliance.trainer import data, rows
 from appliance.trainer.config import IGNORED_KEYS, TrainConfig, list_presets, parse_config
 from appliance.trainer.loop import TrainingError, check_health
 
@@ -35,12 +35,12 @@ def test_labels_cover_exactly_the_assistant_turns(template_dir: Path) -> None:
     tok = ChatTokenizer(template_dir / "models" / BUNDLED_ID / "hf")
     messages = [{"role": "user", "content": "Where is the lab?"}, {"role": "assistant", "content": "Floor 2."},
                 {"role": "user", "content": "And parking?"}, {"role": "assistant", "content": "Behind the clinic."}]
-    ex = data.encode(tok, messages, 1024)
+    ex = rows.encode(tok, messages, 1024)
     assert ex is not None
     decoded = tok.tokenizer.decode([t for t in ex.labels if t != data.IGNORE], skip_special_tokens=False)
     assert decoded == "Floor 2.<|im_end|>\nBehind the clinic.<|im_end|>\n"
     assert "Where is the lab" not in decoded and len(ex.input_ids) == len(ex.labels)
-    assert data.encode(tok, messages, 8) is None  # cut before any assistant token: dropped
+    assert rows.encode(tok, messages, 8) is None  # not even the answer fits: dropped
 
 
 def test_batch_plan_is_a_pure_function_of_seed_and_epoch() -> None:
@@ -96,3 +96,16 @@ def test_training_children_get_jemalloc_when_installed() -> None:
     if os.environ.get("CI"):
         assert jemalloc_path() is not None, ".ci/run installs libjemalloc2"
     assert "LD_PRELOAD" not in training_env({}, "system")
+
+
+def test_a_recorded_template_replaces_the_models_own(template_dir: Path) -> None:
+    from appliance.models.templates import CHATML
+
+    hf = template_dir / "models" / BUNDLED_ID / "hf"
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    own = ChatTokenizer(hf).render(messages)
+    assert "named SmolLM" in own  # the model's own template adds its default system prompt
+    chatml = ChatTokenizer(hf, template=CHATML)
+    assert chatml.render(messages) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n"
+    ex = rows.encode(chatml, messages, 64)
+    assert ex is not None and len(ex.input_ids) < len(ChatTokenizer(hf).tokenizer.encode(own).ids)

@@ -51,7 +51,8 @@ class TokenStats(BaseModel):
     median_tokens: float
     max_tokens: int
     total_tokens: int
-    over_cutoff: int = Field(description="Rows longer than cutoff_len tokens (they would be truncated)")
+    over_cutoff: int = Field(
+        description="Rows longer than cutoff_len tokens (training cuts their prompt or drops them)")
 
     @classmethod
     def of(cls, s: DatasetTokenStats) -> TokenStats:
@@ -133,6 +134,13 @@ class RunPublic(BaseModel):
     attempts: int = Field(description="How many times a worker started it (resumes count)")
     paused_for_serving_s: float = Field(
         description="Seconds the run waited while kiosk requests were answered (serving has priority)")
+    chat_template_name: str | None = Field(
+        description="The chat template the run trains with and its exports carry: 'model' (the model's own) or a "
+        "named one (config `template`, e.g. chatml)")
+    chat_template: str | None = Field(description="That template's Jinja text")
+    data_report: dict[str, Any] | None = Field(
+        description="Rows truncated or dropped at cutoff_len (counts, and each row's number, size and what was "
+        "cut or why it was dropped), once the trainer has read the dataset")
     checkpoints: list[CheckpointPublic]
     adapter_artifact_id: str | None
     created_at: datetime
@@ -147,7 +155,8 @@ class RunPublic(BaseModel):
             preset=r.preset, config=json.loads(r.config_json), step=r.step, max_steps=r.max_steps, loss=r.loss,
             error=r.error, estimate=json.loads(r.estimate_json) if r.estimate_json else None,
             result=json.loads(r.result_json) if r.result_json else None, attempts=r.attempts,
-            paused_for_serving_s=round(r.paused_for_serving_s, 3),
+            paused_for_serving_s=round(r.paused_for_serving_s, 3), chat_template_name=r.chat_template_name,
+            chat_template=r.chat_template, data_report=json.loads(r.data_report_json) if r.data_report_json else None,
             checkpoints=[CheckpointPublic(step=c.step, created_at=c.created_at) for c in extra.checkpoints],
             adapter_artifact_id=extra.adapter_artifact_id, created_at=r.created_at, started_at=r.started_at,
             finished_at=r.finished_at,

@@ -92,6 +92,12 @@ class Run(SQLModel, table=True):
     attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Seconds the run waited for kiosk requests (serving has priority; appliance/serving.py), all attempts.
     paused_for_serving_s: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    # The chat template the run trains with ("model": the model's own, or a named one such as "chatml")
+    # and its Jinja text: the trainer renders with it and every export of the run carries it.
+    chat_template_name: str | None = None
+    chat_template: str | None = None
+    # Rows truncated or dropped at cutoff_len, as the trainer reported them (trainer/data.py DataReport).
+    data_report_json: str | None = None
     worker_pid: int | None = None
     heartbeat_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)

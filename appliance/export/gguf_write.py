@@ -254,7 +254,9 @@ def add_hparams(w: gguf.GGUFWriter, model: HfModel) -> None:
     w.add_value_length(model.head_dim)
 
 
-def add_tokenizer(w: gguf.GGUFWriter, model: HfModel) -> None:
+def add_tokenizer(w: gguf.GGUFWriter, model: HfModel, chat_template: str | None = None) -> None:
+    """`chat_template` (a run's recorded template) is written as `tokenizer.chat_template` in place of the
+    folder's own, so llama.cpp renders prompts as training did."""
     tok_json = json.loads((model.path / "tokenizer.json").read_text())
     kind = tok_json.get("model", {}).get("type")
     if kind != "BPE" or tok_json["model"].get("byte_fallback"):
@@ -263,6 +265,8 @@ def add_tokenizer(w: gguf.GGUFWriter, model: HfModel) -> None:
         _add_gpt2_vocab(w, model, tok_json)
     special = gguf.SpecialVocab(model.path, load_merges=kind == "BPE" and not tok_json["model"].get("byte_fallback"),
                                 n_vocab=int(model.config["vocab_size"]))
+    if chat_template is not None:
+        special.chat_template = chat_template
     if "bos" not in special.add_special_token:
         # What the tokenizer really does, so llama.cpp tokenizes prompts as training did.
         special.add_special_token["bos"] = _adds_bos(model.path, special.special_token_ids.get("bos"))
@@ -393,7 +397,8 @@ def _nbytes(shape: list[int], qtype: gguf.GGMLQuantizationType) -> int:
 
 
 def write_gguf(
-    hf_dir: Path, out: Path, out_type: str, *, name: str, progress: Progress | None = None
+    hf_dir: Path, out: Path, out_type: str, *, name: str, progress: Progress | None = None,
+    chat_template: str | None = None,
 ) -> dict[str, Any]:
     """Write `hf_dir` as a GGUF of `out_type` (one of DIRECT_TYPES) at `out`. Returns a summary."""
     if out_type not in DIRECT_TYPES:
@@ -406,7 +411,7 @@ def write_gguf(
     add_hparams(w, model)
     w.add_file_type(int(ftype))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_tokenizer(w, model)
+    add_tokenizer(w, model, chat_template)
     for p in planned:
         # Element shape in numpy order; raw_dtype says how the bytes are laid out (a non-uint8 numpy
         # dtype keeps the writer from reading the shape as a byte shape).

@@ -94,10 +94,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     report = Reporter([("merge", 0.25), ("write", 0.35 if direct else 0.2), ("quantize", 0.0 if direct else 0.15),
                        ("verify", 0.4)], gate)
     merged_dir = Path(spec["merged_dir"]) if spec.get("merged_dir") else None
+    template = spec.get("chat_template")  # the run's recorded template; None: the folder's own
     if adapter is not None and merged_dir is None:
         model = merge.merge(base_hf, adapter)
         src = work / "merged"
-        merge.save_merged(model, base_hf, src)
+        merge.save_merged(model, base_hf, src, chat_template=template)
         result["merged"] = "merged"
     else:
         src = merged_dir or base_hf
@@ -105,7 +106,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     report("merge", 1.0)
     out = work / f"{name}.{out_type}.gguf"
     target = out if direct else work / f"{name}.f16-intermediate.gguf"
-    write_gguf(src, target, out_type if direct else "f16", name=name,
+    write_gguf(src, target, out_type if direct else "f16", name=name, chat_template=template,
                progress=lambda f, t: report("write", f, t))
     if not direct:
         quantize(target, out, out_type)
@@ -115,7 +116,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     figures = verify.compare(verify.torch_logits(model, ids), verify.gguf_logits(out, ids))
     report("verify", 1.0)
     print(f"waited {gate.paused_s:.1f} s between steps for kiosk requests", file=sys.stderr, flush=True)
-    (work / "Modelfile").write_text(render_modelfile(out.name, src))
+    (work / "Modelfile").write_text(render_modelfile(out.name, src, chat_template=template))
     result.update(main=out.name, files=[out.name, "Modelfile"], verification=figures,
                   failure=verify.verdict(out_type, figures))
     return result

@@ -27,6 +27,7 @@ from appliance.db.tables import Artifact, Deployment, ModelRecord, Run
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
+from appliance.models.inspect import read_chat_template
 from appliance.paths import Paths
 
 KINDS = ("adapter", "merged", "gguf", "gguf-adapter")
@@ -81,6 +82,7 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
             raise _bad("type", str(exc)) from exc
     with Session(engine) as session:
         adapter_dir: Path | None = None
+        template: tuple[str | None, str | None] = (None, None)  # the run's (name, text)
         if run_id is not None:
             run = session.get(Run, run_id)
             if run is None:
@@ -95,6 +97,7 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
             _check_adapter(adapter_dir, adapter.sha256)
             base_model_id = run.base_model_id
             name = run.name or run_id
+            template = (run.chat_template_name, run.chat_template)
         model = session.get(ModelRecord, base_model_id)
         if model is None:
             raise NotFoundError(f"no base model with id {base_model_id!r}")
@@ -106,6 +109,10 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
             raise _bad("base_model_id", str(exc)) from exc
         if run_id is None:
             name = model.id
+        elif kind == "gguf-adapter" and template[1] not in (None, read_chat_template(paths.resolve(model.hf_path))):
+            raise _bad("kind", f"run {run_id} trained with the {template[0]} chat template, not the base "
+                       "model's own; a GGUF adapter is served on the base model's GGUF and its template, so prompts "
+                       "would not match training. Export a merged GGUF instead (kind gguf, e.g. type q8_0)")
     with write_session(engine) as session:
         same = session.exec(
             select(Artifact).where(Artifact.kind == kind, Artifact.type == out_type, Artifact.run_id == run_id,
@@ -195,7 +202,7 @@ def spec_for(*, engine: Engine, paths: Paths, art: Artifact) -> dict[str, Any]:
     with Session(engine) as session:
         model = session.get(ModelRecord, art.base_model_id)
         assert model is not None and model.hf_path is not None
-        merged = None
+        merged, run = None, session.get(Run, art.run_id) if art.run_id is not None else None
         if art.run_id is not None:
             merged = session.exec(select(Artifact).where(Artifact.run_id == art.run_id, Artifact.kind == "merged",
                                                          Artifact.status == "ready")).first()
@@ -205,6 +212,8 @@ def spec_for(*, engine: Engine, paths: Paths, art: Artifact) -> dict[str, Any]:
         "work_dir": str(work_dir(paths, art.id)), "base_hf_dir": str(paths.resolve(model.hf_path)),
         "adapter_dir": extra.get("adapter_dir"),
         "merged_dir": str(paths.resolve(merged.path)) if merged is not None and merged.path else None,
+        # The template the run trained with goes into the merged folder, the GGUF and the Modelfile.
+        "chat_template": run.chat_template if run is not None else None,
     }
 
 

@@ -24,9 +24,11 @@ from appliance.db.tables import Artifact, Checkpoint, Dataset, DatasetTokenStats
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
+from appliance.models.templates import choose_template
 from appliance.paths import Paths
 from appliance.trainer import preflight
 from appliance.trainer.config import TrainConfig, load_preset, parse_config
+from appliance.trainer.targets import check_targets
 
 TERMINAL = {RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled}
 
@@ -95,6 +97,9 @@ def create_run(
         ).first()
     if model.hf_path is None:
         raise _bad("base_model_id", f"{model_id} has no full-precision weights to train on")
+    # Refused here, before queueing, rather than honoured halfway (trainer/targets.py, models/templates.py).
+    check_targets(paths.resolve(model.hf_path), model_id, cfg)
+    template = choose_template(paths.resolve(model.hf_path), model_id, cfg.template)
     mean_tokens = stats.total_tokens / dataset.rows if stats else dataset.characters / dataset.rows / 4 + 16
     rows = min(dataset.rows, cfg.max_samples or dataset.rows)
     est = preflight.estimate(
@@ -112,7 +117,8 @@ def create_run(
     run = Run(
         id=f"run_{uuid.uuid4().hex[:12]}", dataset_id=dataset_id, base_model_id=model_id, name=name, preset=preset,
         config_json=cfg.model_dump_json(exclude_defaults=False), max_steps=est.steps,
-        estimate_json=json.dumps(preflight.as_dict(est)),
+        estimate_json=json.dumps(preflight.as_dict(est)), chat_template_name=template.name,
+        chat_template=template.source,
     )
     with write_session(engine) as session:
         session.add(run)
@@ -235,6 +241,26 @@ def record_metric(*, engine: Engine, run_id: str, metric: dict[str, Any]) -> Non
             run = get_run(session, run_id)
             run.step, run.loss = int(fields["step"]), float(fields["loss"])  # type: ignore[arg-type]
             session.add(run)
+
+
+def record_data(*, engine: Engine, run_id: str, report: dict[str, Any]) -> None:
+    """The trainer's DataReport (trainer/rows.py): rows truncated or dropped at cutoff_len. A resumed
+    attempt reports the same rows again; the event is recorded once."""
+    fields = {k: v for k, v in report.items() if k != "type"}
+    encoded = json.dumps(fields)
+    with write_session(engine) as session:
+        run = get_run(session, run_id)
+        if run.data_report_json == encoded:
+            return
+        run.data_report_json = encoded
+        session.add(run)
+        cut, dropped = int(fields.get("truncated_count", 0)), int(fields.get("dropped_count", 0))
+        if cut or dropped:
+            named = {k: [n["row"] for n in fields.get(k, [])][:20] for k in ("truncated", "dropped")}
+            events.record(session, kind="run.data", entity_type="run", entity_id=run_id,
+                          message=f"{fields.get('used')} of {fields.get('rows')} rows used at cutoff_len "
+                                  f"{fields.get('cutoff_len')}: {cut} truncated (rows {named['truncated']}), "
+                                  f"{dropped} dropped (rows {named['dropped']})")
 
 
 def metrics(session: Session, run_id: str, after_id: int = 0) -> list[RunMetric]:

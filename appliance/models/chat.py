@@ -14,12 +14,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from appliance.models.inspect import read_chat_template
+from appliance.models.templates import CHATML
 
-# Used only when a model ships no template: ChatML, the most common convention.
-FALLBACK_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# Token counts (dataset stats, export verification prompts) of a model that ships no template are
+# measured as ChatML. Training never falls back: a run records the template it uses
+# (models/templates.py) and passes it here explicitly.
+COUNTING_FALLBACK = CHATML
 
 
 class TemplateError(Exception):
@@ -41,7 +41,9 @@ def _token_text(value: Any) -> str | None:
 
 
 class ChatTokenizer:
-    def __init__(self, hf_dir: Path) -> None:
+    """`template`: the Jinja text to render with (a run's recorded template); default: the model's own."""
+
+    def __init__(self, hf_dir: Path, template: str | None = None) -> None:
         self.tokenizer = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
         config_path = hf_dir / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -49,13 +51,14 @@ class ChatTokenizer:
             key: _token_text(config.get(key))
             for key in ("bos_token", "eos_token", "unk_token", "pad_token")
         }
-        source = read_chat_template(hf_dir)
+        source = template if template is not None else read_chat_template(hf_dir)
         self.has_template = source is not None
+        self.source = source
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        self.template = env.from_string(source or FALLBACK_TEMPLATE)
+        self.template = env.from_string(source or COUNTING_FALLBACK)
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
         return self.template.render(

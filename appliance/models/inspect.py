@@ -59,8 +59,9 @@ def inspect_gguf(path: Path) -> ModelInfo:
     )
 
 
-def safetensors_parameters(path: Path) -> int:
-    """Count parameters from a safetensors header (8-byte length, then JSON), reading no weights."""
+def safetensors_header(path: Path) -> dict[str, dict[str, object]]:
+    """Tensor name -> {dtype, shape, data_offsets} from a safetensors header (8-byte length, then JSON),
+    reading no weights."""
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
@@ -72,12 +73,17 @@ def safetensors_parameters(path: Path) -> int:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelImportError(f"{path}: corrupt safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ModelImportError(f"{path}: corrupt safetensors header: not a JSON object")
+    return {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+def safetensors_parameters(path: Path) -> int:
+    """Count parameters from a safetensors header, reading no weights."""
     total = 0
-    for key, meta in header.items():
-        if key == "__metadata__":
-            continue
+    for meta in safetensors_header(path).values():
         count = 1
-        for dim in meta["shape"]:
+        for dim in meta["shape"]:  # type: ignore[attr-defined]
             count *= int(dim)
         total += count
     return total

@@ -17,7 +17,6 @@ PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "presets"
 IGNORED_KEYS = {
     "dataset": "the dataset is the run's dataset_id",
     "dataset_dir": "the dataset is the run's dataset_id",
-    "template": "the base model's own chat template is used",
     "output_dir": "output goes to the run's folder in the data directory",
     "overwrite_output_dir": "output goes to the run's folder",
     "overwrite_cache": "no cache is kept",
@@ -75,12 +74,15 @@ class TrainConfig(BaseModel):
         default_factory=list,
         description="Appliance extension: GGUF types to export when the run succeeds, e.g. [q8_0, q4_k_m]",
     )
+    template: str | None = Field(
+        None, description="Chat template to train and serve with: `chatml`; default: the model's own. Required "
+        "for a model without one. Recorded with the run and written into every export",
+    )
     stage: Literal["sft"] = "sft"
     do_train: Literal[True] = True
     # Accepted, ignored (see IGNORED_KEYS).
     dataset: str | None = None
     dataset_dir: str | None = None
-    template: str | None = None
     output_dir: str | None = None
     overwrite_output_dir: bool | None = None
     overwrite_cache: bool | None = None

@@ -6,10 +6,8 @@ from the step number alone and sees exactly the batches an uninterrupted run wou
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,29 +53,16 @@ def assistant_spans(tok: ChatTokenizer, messages: list[dict[str, Any]], text: st
     return spans
 
 
-def encode(tok: ChatTokenizer, messages: list[dict[str, Any]], cutoff_len: int) -> Example | None:
+def encode_full(tok: ChatTokenizer, messages: list[dict[str, Any]]) -> Example:
+    """The whole conversation, uncut; fitting it into cutoff_len is trainer/rows.py's job."""
     text = tok.render(messages)
     spans = assistant_spans(tok, messages, text)
     enc = tok.tokenizer.encode(text, add_special_tokens=False)
-    ids = enc.ids[:cutoff_len]
     labels = [
         tid if any(s <= start < e for s, e in spans) else IGNORE
-        for tid, (start, _end) in zip(ids, enc.offsets[:cutoff_len], strict=True)
+        for tid, (start, _end) in zip(enc.ids, enc.offsets, strict=True)
     ]
-    example = Example(ids, labels)
-    return example if example.label_count > 0 else None
-
-
-def load_examples(path: Path, tok: ChatTokenizer, cutoff_len: int, max_samples: int | None) -> list[Example]:
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if max_samples is not None and i >= max_samples:
-                break
-            ex = encode(tok, json.loads(line)["messages"], cutoff_len)
-            if ex is not None:
-                examples.append(ex)
-    return examples
+    return Example(list(enc.ids), labels)
 
 
 def split(examples: list[Example], val_size: float, seed: int) -> tuple[list[Example], list[Example]]:

@@ -25,7 +25,7 @@ import torch
 from appliance import fsutil
 from appliance.models.chat import ChatTokenizer
 from appliance.serving import ServingGate
-from appliance.trainer import data
+from appliance.trainer import data, rows
 from appliance.trainer.config import TrainConfig
 from appliance.trainer.loss import CHUNK_ROWS, label_loss
 from appliance.trainer.model import load, parts, pick_device
@@ -111,7 +111,7 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, opt: Any, sched: Any, 
     final = run_dir / "checkpoints" / f"step-{step:07d}"
     with fsutil.temp_path(run_dir / "tmp") as tmp:
         tmp.mkdir()
-        model.save_pretrained(str(tmp / "adapter"))
+        model.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(pick_device()), tmp / "rng.pt")
@@ -152,6 +152,15 @@ def check_health(step: int, loss: float, grad_norm: float, history: list[float])
         raise TrainingError(f"the loss has not moved in the first 10 steps (stuck at {history[0]:.6f})")
 
 
+def report_data(report: rows.DataReport) -> None:
+    """Rows cut or left out at cutoff_len: named in train.log and sent to the worker for the run's record."""
+    log(report.summary())
+    for kind, notes in (("truncated", report.truncated), ("dropped", report.dropped)):
+        for note in notes:
+            log(f"row {note.row} {kind} ({note.tokens} tokens > cutoff_len {report.cutoff_len}): {note.detail}")
+    emit("data", **report.as_dict())
+
+
 def yield_to_kiosks(gate: ServingGate) -> None:
     """Between micro-batches: wait while a kiosk request generates (appliance/serving.py; the worker
     records the time). Pausing changes when a step runs, never what it computes: no random draw or data
@@ -178,11 +187,17 @@ def train(spec: dict[str, Any]) -> None:
     device = pick_device()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    tok = ChatTokenizer(Path(spec["hf_dir"]))
-    examples = data.load_examples(Path(spec["dataset_path"]), tok, cfg.cutoff_len, cfg.max_samples)
+    # The template recorded with the run (models/templates.py); runs queued before it was recorded use
+    # the model's own.
+    tok = ChatTokenizer(Path(spec["hf_dir"]), template=spec.get("chat_template"))
+    if not tok.has_template:  # never train on a guessed format (a run queued before templates were recorded)
+        raise TrainingError("the model has no chat template and the run names none; create the run again with "
+                            "`template: chatml`")
+    examples, report = rows.load_examples(Path(spec["dataset_path"]), tok, cfg.cutoff_len, cfg.max_samples)
+    report_data(report)
     train_set, val_set = data.split(examples, cfg.val_size, cfg.seed)
     if not train_set:
-        raise TrainingError("no usable training example (none has assistant tokens within cutoff_len)")
+        raise TrainingError(f"no usable training example: {report.summary()}")
     plan = data.BatchPlan(train_set, cfg.per_device_train_batch_size, cfg.seed, cfg.packing)
     ga = cfg.gradient_accumulation_steps
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * math.ceil(plan.per_epoch / ga)))
@@ -251,7 +266,8 @@ def train(spec: dict[str, Any]) -> None:
             break
     pool.close()
     with fsutil.temp_path(run_dir / "tmp") as tmp:
-        model.save_pretrained(str(tmp))
+        # peft would add the whole frozen lm_head to an adapter with a LoRA on it ("auto"); it is the base's.
+        model.save_pretrained(str(tmp), save_embedding_layers=False)
         if (run_dir / "adapter").exists():  # left by a crash after publishing, before recording
             shutil.rmtree(run_dir / "adapter")
         fsutil.publish(tmp, run_dir / "adapter")

@@ -74,8 +74,9 @@ def label_loss(
     keep = targets != ignore
     rows = hidden[:, :-1][keep]
     weight = head.weight
-    if weight.requires_grad or getattr(head, "bias", None) is not None:
-        # A trainable or biased head (not the case for LoRA on the usual targets): plain autograd.
+    # A LoRA on the head itself (lm_head of an untied model): the fused path reads only the frozen base
+    # weight, so the LoRA would never train; a trainable or biased head likewise needs plain autograd.
+    if hasattr(head, "lora_A") or weight.requires_grad or getattr(head, "bias", None) is not None:
         logits = head(rows).float()
         return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
     out = FusedLinearCrossEntropy.apply(rows, weight, targets[keep], chunk_rows)

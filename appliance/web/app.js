@@ -44,7 +44,13 @@ async function loadRuns() {
     const est = cell(tr, e ? `${(e.peak_memory_mb / 1024).toFixed(1)} GiB, ~${Math.round(e.seconds / 60)} min on ${e.device}` : "");
     if (e && e.note) est.title = e.note;
     cell(tr, r.paused_for_serving_s ? `${r.paused_for_serving_s.toFixed(1)} s` : "0 s");
-    cell(tr, r.error || "");
+    // Rows cut or left out at cutoff_len, named (the full list is in the run's data_report and train.log).
+    const d = r.data_report, rows = (ns) => ns.slice(0, 10).map((n) => n.row).join(", ");
+    const cut = d && (d.truncated_count || d.dropped_count)
+      ? `${d.truncated_count} row(s) truncated${d.truncated_count ? ` (${rows(d.truncated)})` : ""}, ` +
+        `${d.dropped_count} dropped${d.dropped_count ? ` (${rows(d.dropped)})` : ""} at cutoff_len ${d.cutoff_len}` : "";
+    const note = cell(tr, [r.error, cut].filter(Boolean).join(" | "));
+    if (cut) note.title = [...d.truncated, ...d.dropped].map((n) => `row ${n.row}: ${n.detail}`).join("\n");
     const actions = cell(tr, "");
     const chart = document.createElement("button"); chart.textContent = "Loss";
     chart.onclick = () => { chartRun = r.id; drawChart(); };

@@ -169,6 +169,7 @@ class Worker:
             "run_id": run.id, "run_dir": str(run_dir), "config": json.loads(run.config_json),
             "dataset_path": str(rt.paths.resolve(dataset.path)), "hf_dir": str(rt.paths.resolve(model.hf_path)),
             "resume_from": str(resume[1]) if resume else None, "serving": self.serving_spec(),
+            "chat_template": run.chat_template,
         }
         (run_dir / "config.json").write_text(json.dumps(spec["config"], indent=2))
         (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
@@ -202,6 +203,8 @@ class Worker:
             kind = msg.get("type")
             if kind == "progress":
                 job.stage, job.progress = msg.get("stage"), msg.get("progress")
+            elif kind == "data":
+                runs.record_data(engine=self.rt.engine, run_id=job.run_id, report=msg)
             elif kind == "metric":
                 runs.record_metric(engine=self.rt.engine, run_id=job.run_id, metric=msg)
             elif kind == "checkpoint":

@@ -74,7 +74,7 @@ def metrics(run_id: str, session: SessionDep) -> list[MetricPublic]:
     return [MetricPublic.of(m) for m in runs.metrics(session, run_id)]
 
 
-@router.get("/{run_id}/events", summary="Live progress (Server-Sent Events: metric, status)",
+@router.get("/{run_id}/events", summary="Live progress (Server-Sent Events: data, metric, status)",
             response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}, **ERRORS})
 async def events(run_id: str, request: Request, runtime: RuntimeDep,
                  poll_s: Annotated[float, Query(ge=0.1, le=10)] = 0.5) -> StreamingResponse:
@@ -82,12 +82,15 @@ async def events(run_id: str, request: Request, runtime: RuntimeDep,
         runs.get_run(session, run_id)
 
     async def stream() -> AsyncIterator[str]:
-        last_id, last_status, last_paused = 0, None, 0.0
+        last_id, last_status, last_paused, reported = 0, None, 0.0, False
         while not await request.is_disconnected():
             with Session(runtime.engine) as session:
                 run = runs.get_run(session, run_id)
                 new = runs.metrics(session, run_id, after_id=last_id)
                 view = public(session, [run])[0]
+            if view.data_report is not None and not reported:  # rows cut or dropped at cutoff_len
+                reported = True
+                yield f"event: data\ndata: {json.dumps(view.data_report)}\n\n"
             for m in sorted(new, key=lambda m: m.id or 0):
                 last_id = max(last_id, m.id or 0)
                 yield f"event: metric\ndata: {MetricPublic.of(m).model_dump_json()}\n\n"
