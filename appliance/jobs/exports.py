@@ -221,7 +221,7 @@ def finish(*, engine: Engine, paths: Paths, artifact_id: str, ok: bool, result: 
         try:
             return _publish(engine=engine, paths=paths, artifact_id=artifact_id, work=work, result=result)
         except OSError as exc:
-            error = f"could not store the export: {exc}"
+            error = fsutil.describe_no_space(exc, work) or f"could not store the export: {exc}"
     shutil.rmtree(work, ignore_errors=True)
     with write_session(engine) as session:
         art = get_artifact(session, artifact_id)
