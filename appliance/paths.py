@@ -9,6 +9,7 @@
       artifacts/<id>/         exported files
       tmp/                    work in progress; same filesystem, so a finished file is renamed in
       serving.lock            held by the inference server while kiosk requests are in flight
+      inference-loading       present only while the inference server loads a model
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ class Paths:
     def serving_lock(self) -> Path:
         """Kiosks first (appliance/serving.py): held while kiosk requests are in flight."""
         return self.root / "serving.lock"
+
+    @property
+    def inference_loading(self) -> Path:
+        """Names the deployment the inference server is loading (appliance/inference/loading.py)."""
+        return self.root / "inference-loading"
 
     @property
     def tmp(self) -> Path:

@@ -27,6 +27,7 @@ from appliance.db.tables import Artifact, Deployment, ModelRecord, Run
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
+from appliance.jobs.common import worker_gone
 from appliance.paths import Paths
 
 KINDS = ("adapter", "merged", "gguf", "gguf-adapter")
@@ -164,14 +165,17 @@ def heartbeat(*, engine: Engine, artifact_id: str, stage: str | None = None, pro
 
 
 def reclaim_stale(*, engine: Engine, paths: Paths, stale_after_s: float) -> list[str]:
-    """Exports whose worker is gone go back to pending (they restart from scratch)."""
+    """Exports whose worker is gone (its process no longer exists) or went silent go back to pending
+    (they restart from scratch)."""
     cutoff = _now() - timedelta(seconds=stale_after_s)
     out = []
     with write_session(engine) as session:
         for art in session.exec(select(Artifact).where(Artifact.status == ArtifactStatus.running)):
             beat = art.heartbeat_at.replace(tzinfo=UTC) if art.heartbeat_at else None
-            if beat is None or beat < cutoff:
-                _move(session, art, ArtifactStatus.pending, "worker gone; export will restart")
+            gone = worker_gone(art.worker_pid, art.heartbeat_at)
+            if gone or beat is None or beat < cutoff:
+                why = "is gone" if gone else "went silent"
+                _move(session, art, ArtifactStatus.pending, f"worker pid {art.worker_pid} {why}; export will restart")
                 art.worker_pid, art.stage, art.progress = None, "queued", 0.0
                 out.append(art.id)
     for art_id in out:
