@@ -6,6 +6,7 @@
      +-- InvalidInputError        422: bad upload, bad config; carries per-line details
      +-- TooLargeInputError       413: over a configured size limit
      +-- ModelImportError         422: a model file or folder that cannot be imported
+     +-- NoSpaceError             507: a write failed on a full disk; names the path and its free space
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ class TooLargeInputError(ApplianceError):
 
 class ModelImportError(ApplianceError):
     status_code = 422
+
+
+class NoSpaceError(ApplianceError):
+    """A write failed because the disk (or a quota, or a file-size limit) is full. Raised only after
+    whatever was half-written has been removed, so the message can say that nothing was kept."""
+
+    status_code = 507
 
 
 @dataclass(frozen=True)

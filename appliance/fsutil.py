@@ -7,6 +7,7 @@ never a half-written one. Whatever is left in tmp/ after a crash is garbage and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -15,6 +16,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from appliance.errors import NoSpaceError
 
 
 def fsync_dir(path: Path) -> None:
@@ -117,3 +120,57 @@ def sweep_tmp(tmp_dir: Path) -> int:
             p.unlink(missing_ok=True)
         count += 1
     return count
+
+
+# What a full disk looks like to a writer: ENOSPC, a quota, or a file-size limit (RLIMIT_FSIZE or the
+# filesystem's largest file), which stops a write the same way.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def free_space(path: Path) -> str:
+    """Free space on the filesystem holding `path` (or its nearest existing parent), for messages."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return "unknown free space"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if free >= size:
+            return f"{free / size:.1f} {unit} free"
+    return f"{free} bytes free"
+
+
+def is_no_space(exc: BaseException) -> bool:
+    # numpy's tofile reports a short write without an errno ("N requested and M written").
+    short_write = isinstance(exc, OSError) and exc.errno is None and "requested and" in str(exc)
+    return isinstance(exc, OSError) and (short_write or exc.errno in NO_SPACE_ERRNOS)
+
+
+def no_space_message(path: Path, reason: str) -> str:
+    """The one wording of a full disk, for uploads, runs, the database and exports alike."""
+    return f"no space left on the device writing {path} ({reason}; {free_space(path)} there); nothing was kept"
+
+
+def describe_no_space(exc: BaseException, path: Path) -> str | None:
+    """The message for a write that failed on a full disk, or None for any other error. `path` is
+    where the write went when the error does not name the file itself."""
+    if not is_no_space(exc):
+        return None
+    assert isinstance(exc, OSError)
+    where = Path(exc.filename) if isinstance(exc.filename, str) else path
+    return no_space_message(where, exc.strerror or str(exc))
+
+
+@contextlib.contextmanager
+def refuse_when_full(path: Path) -> Iterator[None]:
+    """Turn a full disk under `path` into NoSpaceError (HTTP 507). Use it outside the temp_path
+    blocks it guards, so the half-written file is gone before the error is raised."""
+    try:
+        yield
+    except OSError as exc:
+        message = describe_no_space(exc, path)
+        if message is None:
+            raise
+        raise NoSpaceError(message) from exc

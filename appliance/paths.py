@@ -10,6 +10,7 @@
       tmp/                    work in progress; same filesystem, so a finished file is renamed in
       serving.lock            held by the inference server while a kiosk request generates
       background.lock         held by the worker while a training/export child lives
+      inference-loading       present only while the inference server loads a model
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ class Paths:
     def background_lock(self) -> Path:
         """Kiosks first (appliance/serving.py): held by the worker while a child (training, export) lives."""
         return self.root / "background.lock"
+
+    @property
+    def inference_loading(self) -> Path:
+        """Names the deployment the inference server is loading (appliance/inference/loading.py)."""
+        return self.root / "inference-loading"
 
     @property
     def tmp(self) -> Path:

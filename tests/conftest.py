@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -166,25 +166,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Bounds for "this never happens" on a loaded 2-core machine: generous, so that a slow moment is
+# never a failure; a test waits on the event itself and only gives up after this long.
+START_TIMEOUT_S = 180
+
+
 @contextlib.contextmanager
-def api_server(data_dir: Path, token: str) -> Iterator[str]:
-    """`appliance api` in its own process on 127.0.0.1 and a free port; yields its base URL."""
+def api_server(data_dir: Path, token: str, preexec: Callable[[], None] | None = None,
+               **env: str) -> Iterator[str]:
+    """`appliance api` in its own process on 127.0.0.1 and a free port; yields its base URL.
+    `preexec` runs in the child before exec (e.g. to set a resource limit)."""
     port = free_port()
-    env = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_API_PORT": str(port),
-           "APPLIANCE_ADMIN_TOKEN": token}
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "api"], env=env,
+    full = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_API_PORT": str(port),
+            "APPLIANCE_ADMIN_TOKEN": token, **env}
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "api"], env=full, preexec_fn=preexec,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
                     break
             assert proc.poll() is None, f"the API exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "the API did not come up within 60 s"
+            assert time.monotonic() < deadline, f"the API did not come up within {START_TIMEOUT_S} s"
             time.sleep(0.2)
         yield base
     finally:
         proc.terminate()
-        proc.wait(20)
+        proc.wait(60)

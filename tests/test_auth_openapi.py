@@ -79,5 +79,10 @@ def test_openapi_describes_every_route(anon: TestClient, runtime: Runtime) -> No
         plain = template.endswith(("/download", "/events", "/logs", "/modelfile")) or template == "/api/presets"
         if ok != "204" and not plain:
             assert "$ref" in str(op["responses"][ok]["content"]["application/json"]["schema"]), template
+        # Every error status it answers, with the one error body (tests/test_fuzz_api.py holds it to that).
+        for code in ("401", "422", *(["404"] if "{" in template else [])):
+            assert code in op["responses"], (method, template, code)
+            schema = op["responses"][code]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, template, code)
     upload = doc["paths"]["/api/datasets"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import clone_data_dir, free_port, make_settings
+from conftest import START_TIMEOUT_S, clone_data_dir, free_port, make_settings
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
@@ -32,6 +32,9 @@ from appliance.models.registry import BUNDLED_ID
 from appliance.serving import is_held
 
 KEY = "test-kiosk-key"
+# A swap, a restart or a few kiosk answers take seconds here, minutes at worst on a loaded 2-core box:
+# tests wait on the event and give up only after this long.
+WAIT_S = 600
 QUESTION = [{"role": "user", "content": "Where is the pharmacy?"}]
 
 
@@ -49,19 +52,19 @@ class Server:
                "APPLIANCE_INFERENCE_RECONCILE_S": "0.2", "APPLIANCE_INFERENCE_CTX": "1024", **self.env}
         self.proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "inference"], env=env,
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.base}/readyz", timeout=5).status_code == 200:
                     return self
             assert self.proc.poll() is None, f"inference exited: {self.log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "inference server not ready within 90 s"
+            assert time.monotonic() < deadline, f"inference server not ready within {START_TIMEOUT_S} s"
             time.sleep(0.2)
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(30)
+            self.proc.wait(60)
 
     def client(self, key: str = KEY, retries: int = 0) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.base}/v1", api_key=key, max_retries=retries, timeout=120)
@@ -81,7 +84,7 @@ class ControlPlane:
         assert res.status_code == 202, res.text
         return dict(res.json())
 
-    def wait(self, dep_id: str, timeout: float = 60) -> dict[str, Any]:
+    def wait(self, dep_id: str, timeout: float = WAIT_S) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             dep = self.api.get(f"/api/deployments/{dep_id}").json()
@@ -167,7 +170,7 @@ def test_requests_in_flight_hold_the_serving_signal_for_worker_children(served: 
             stream.close()
         else:
             assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + WAIT_S
         while is_held(lock):
             assert time.monotonic() < deadline, "the signal outlived the request"
             time.sleep(0.05)
@@ -226,6 +229,7 @@ class Traffic:
         self.client = client
         self.answers: list[tuple[str, str]] = []
         self.errors: list[BaseException] = []
+        self.changed = threading.Condition()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -234,19 +238,26 @@ class Traffic:
         while not self.stop.is_set():
             try:
                 res = chat(self.client, max_tokens=12)
-                self.answers.append((res.model, res.choices[0].message.content or ""))
+                with self.changed:
+                    self.answers.append((res.model, res.choices[0].message.content or ""))
+                    self.changed.notify_all()
             except BaseException as exc:  # noqa: BLE001
-                self.errors.append(exc)
+                with self.changed:
+                    self.errors.append(exc)
+                    self.changed.notify_all()
 
-    def wait_for(self, model: str, n: int = 2, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while sum(1 for m, _ in self.answers[-n:] if m == model) < n:
-            assert time.monotonic() < deadline, f"no answers from {model}"
-            time.sleep(0.05)
+    def wait_for(self, model: str, n: int = 2, timeout: float = WAIT_S) -> None:
+        """Until the last n answers came from `model`, woken by each answer; a failed request ends the
+        wait at once with its error (a busy machine once turned one into a bare "no answers")."""
+        with self.changed:
+            done = self.changed.wait_for(
+                lambda: bool(self.errors) or sum(1 for m, _ in self.answers[-n:] if m == model) >= n, timeout)
+        assert not self.errors, f"a kiosk request failed: {self.errors[0]!r}"
+        assert done, f"no answers from {model} within {timeout} s; last answers: {self.answers[-3:]}"
 
     def finish(self) -> None:
         self.stop.set()
-        self.thread.join(60)
+        self.thread.join(WAIT_S)
 
 
 def _corrupt_artifact(cp: ControlPlane, source: Path) -> str:
@@ -341,23 +352,3 @@ def test_deployment_requests_are_checked(served: tuple[Server, ControlPlane]) ->
     shutil.rmtree(cp.runtime.paths.artifact_dir(cp.finetune["id"]))
     res = cp.api.post("/api/deployments", json={"artifact_id": cp.finetune["id"]})
     assert res.status_code == 422 and "missing" in res.text
-
-
-def test_a_model_that_killed_the_server_while_loading_is_not_loaded_again(trained_dir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    clone_data_dir(trained_dir, data)
-    cp = ControlPlane(data)
-    try:
-        dep = cp.deploy(artifact_id=cp.finetune["id"])
-        # What a crash inside llama.cpp during the load leaves: the marker naming the deployment.
-        (data / "inference-loading").write_text(dep["id"])
-        server = Server(data).start()
-        try:
-            assert [m.id for m in server.client().models.list().data] == [BUNDLED_ID]
-            failed = cp.wait(dep["id"])
-            assert failed["status"] == "failed" and "died while loading" in failed["error"]
-            assert not (data / "inference-loading").exists()
-        finally:
-            server.stop()
-    finally:
-        cp.close()

@@ -4,6 +4,7 @@ passed in through app.state; nothing is created at import time."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
@@ -38,6 +39,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(deployments.router)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return errors.add_schemas(generate())  # the ErrorBody the routes' error responses refer to
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

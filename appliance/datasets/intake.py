@@ -119,7 +119,8 @@ def add_dataset(
         raise _bad_format(display_name(filename), fmt)
     check_name(name.strip() if name else None, filename)
     paths.ensure()
-    with fsutil.temp_path(paths.tmp, ".upload") as raw:
+    # A full disk is a 507 naming the folder and its free space; temp_path has removed the part written.
+    with fsutil.refuse_when_full(paths.tmp), fsutil.temp_path(paths.tmp, ".upload") as raw:
         try:
             size, _ = fsutil.copy_stream(stream, raw, settings.max_upload_bytes)
         except fsutil.TooLargeError as exc:
@@ -139,7 +140,7 @@ def add_dataset(
         cutoff_len=cutoff_len or settings.default_cutoff_len,
     )
     final = paths.dataset_file(sha)
-    with fsutil.temp_path(paths.tmp, ".jsonl") as tmp:
+    with fsutil.refuse_when_full(paths.tmp), fsutil.temp_path(paths.tmp, ".jsonl") as tmp:
         tmp.write_bytes(body)
         fsutil.publish(tmp, final)
     dataset = Dataset(

@@ -3,17 +3,23 @@ three processes (API, worker, inference) can share one file without 'database is
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
+from appliance.errors import NoSpaceError
+from appliance.fsutil import no_space_message
 from appliance.paths import Paths
 
 BUSY_TIMEOUT_MS = 30_000
+SQLITE_FULL = 13  # "database or disk is full": a write of the database or its WAL found no room
 
 
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -61,6 +67,16 @@ def write_session(engine: Engine) -> Iterator[Session]:
                 yield session
                 session.flush()
             trans.commit()
-        except BaseException:
-            trans.rollback()
+        except BaseException as exc:
+            if trans.is_active:  # a failed COMMIT has already ended it
+                trans.rollback()
+            if _database_full(exc):
+                # Rolled back: the database is as it was before this transaction.
+                raise NoSpaceError(no_space_message(Path(str(engine.url.database)), "database or disk is full")) \
+                    from exc
             raise
+
+
+def _database_full(exc: BaseException) -> bool:
+    orig = exc.orig if isinstance(exc, OperationalError) else None
+    return isinstance(orig, sqlite3.Error) and getattr(orig, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL

@@ -8,7 +8,6 @@ run's export adapter_dir and merged_dir (a merged folder already on disk, reused
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import resource
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError
+from appliance.fsutil import describe_no_space
 from appliance.serving import ServingGate
 
 
@@ -122,12 +122,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def describe(exc: BaseException) -> str:
-    # numpy's tofile reports a short write without an errno ("N requested and M written").
-    short_write = isinstance(exc, OSError) and exc.errno is None and "requested and" in str(exc)
-    if isinstance(exc, OSError) and (short_write or exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)):
-        where = f" writing {exc.filename}" if exc.filename else ""
-        return f"no space left on the device{where} ({exc.strerror or exc}); nothing was kept"
+def describe(exc: BaseException, work_dir: Path) -> str:
+    full = describe_no_space(exc, work_dir)  # the worker removes the work folder: nothing is kept
+    if full is not None:
+        return full
     if isinstance(exc, ApplianceError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
@@ -142,7 +140,7 @@ def main(argv: list[str]) -> int:
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-        emit("error", message=describe(exc))
+        emit("error", message=describe(exc, Path(spec["work_dir"])))
         return 1
     if result.get("failure"):
         emit("error", message=result["failure"], verification=result.get("verification"))

@@ -27,6 +27,7 @@ from appliance.db.tables import Artifact, Deployment, ModelRecord, Run
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
+from appliance.jobs.common import worker_gone
 from appliance.models.inspect import read_chat_template
 from appliance.paths import Paths
 
@@ -171,14 +172,17 @@ def heartbeat(*, engine: Engine, artifact_id: str, stage: str | None = None, pro
 
 
 def reclaim_stale(*, engine: Engine, paths: Paths, stale_after_s: float) -> list[str]:
-    """Exports whose worker is gone go back to pending (they restart from scratch)."""
+    """Exports whose worker is gone (its process no longer exists) or went silent go back to pending
+    (they restart from scratch)."""
     cutoff = _now() - timedelta(seconds=stale_after_s)
     out = []
     with write_session(engine) as session:
         for art in session.exec(select(Artifact).where(Artifact.status == ArtifactStatus.running)):
             beat = art.heartbeat_at.replace(tzinfo=UTC) if art.heartbeat_at else None
-            if beat is None or beat < cutoff:
-                _move(session, art, ArtifactStatus.pending, "worker gone; export will restart")
+            gone = worker_gone(art.worker_pid, art.heartbeat_at)
+            if gone or beat is None or beat < cutoff:
+                why = "is gone" if gone else "went silent"
+                _move(session, art, ArtifactStatus.pending, f"worker pid {art.worker_pid} {why}; export will restart")
                 art.worker_pid, art.stage, art.progress = None, "queued", 0.0
                 out.append(art.id)
     for art_id in out:
@@ -230,7 +234,7 @@ def finish(*, engine: Engine, paths: Paths, artifact_id: str, ok: bool, result: 
         try:
             return _publish(engine=engine, paths=paths, artifact_id=artifact_id, work=work, result=result)
         except OSError as exc:
-            error = f"could not store the export: {exc}"
+            error = fsutil.describe_no_space(exc, work) or f"could not store the export: {exc}"
     shutil.rmtree(work, ignore_errors=True)
     with write_session(engine) as session:
         art = get_artifact(session, artifact_id)

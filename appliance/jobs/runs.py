@@ -24,6 +24,7 @@ from appliance.db.tables import Artifact, Checkpoint, Dataset, DatasetTokenStats
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
+from appliance.jobs.common import worker_gone
 from appliance.models.templates import choose_template
 from appliance.paths import Paths
 from appliance.trainer import preflight
@@ -205,17 +206,20 @@ def heartbeat(*, engine: Engine, run_id: str, paused_s: float = 0.0) -> str:
 
 
 def reclaim_stale(*, engine: Engine, stale_after_s: float) -> list[str]:
-    """Running runs whose worker went silent (killed, power cut) go back to the queue."""
+    """Running runs whose worker is gone (killed, power cut: its process no longer exists) or went
+    silent (hung) go back to the queue."""
     limit = _now() - timedelta(seconds=stale_after_s)
     with write_session(engine) as session:
-        stale = [
-            r for r in session.exec(select(Run).where(Run.status == RunStatus.running))
-            if r.heartbeat_at is None or r.heartbeat_at.replace(tzinfo=UTC) < limit
-        ]
-        for run in stale:
-            _move(session, run, RunStatus.queued, f"worker pid {run.worker_pid} went silent; resuming")
+        stale = []
+        for run in session.exec(select(Run).where(Run.status == RunStatus.running)):
+            if worker_gone(run.worker_pid, run.heartbeat_at):
+                stale.append((run, f"worker pid {run.worker_pid} is gone; resuming"))
+            elif run.heartbeat_at is None or run.heartbeat_at.replace(tzinfo=UTC) < limit:
+                stale.append((run, f"worker pid {run.worker_pid} went silent; resuming"))
+        for run, why in stale:
+            _move(session, run, RunStatus.queued, why)
             run.worker_pid = None
-        return [r.id for r in stale]
+        return [r.id for r, _ in stale]
 
 
 def requeue(*, engine: Engine, run_id: str, reason: str) -> None:

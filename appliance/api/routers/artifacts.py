@@ -1,21 +1,19 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
+from appliance.api.errors import responses
 from appliance.api.schemas import ArtifactPublic
 from appliance.errors import NotFoundError
 from appliance.export.quantize import ALL_TYPES
 from appliance.jobs import exports
 
-router = APIRouter(prefix="/api/artifacts", tags=["artifacts"], dependencies=[AdminDep])
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing or wrong admin token"},
-                                           404: {"description": "No such artifact"}}
+router = APIRouter(prefix="/api/artifacts", tags=["artifacts"], dependencies=[AdminDep], responses=responses(401, 422))
+NOT_FOUND = {404: "No such artifact"}
 
 
 class ExportRequest(BaseModel):
@@ -28,8 +26,9 @@ class ExportRequest(BaseModel):
 
 @router.post("/export", response_model=ArtifactPublic, status_code=status.HTTP_202_ACCEPTED,
              summary="Queue a GGUF export; the worker makes it",
-             responses={422: {"description": "Run not succeeded, adapter missing or corrupt, unknown type or "
-                                             "unsupported architecture"}, **ERRORS})
+             responses=responses(400, 413, 507, notes={
+                 404: "No such run or base model",
+                 422: "Run not succeeded, adapter missing or corrupt, unknown type or unsupported architecture"}))
 def export(body: ExportRequest, runtime: RuntimeDep) -> ArtifactPublic:
     art, _created = exports.request_export(engine=runtime.engine, paths=runtime.paths, run_id=body.run_id,
                                            base_model_id=body.base_model_id, out_type=body.type, kind=body.kind)
@@ -37,13 +36,14 @@ def export(body: ExportRequest, runtime: RuntimeDep) -> ArtifactPublic:
         return ArtifactPublic.of(exports.get_artifact(session, art.id), runtime.paths.root)
 
 
-@router.get("", response_model=list[ArtifactPublic], summary="List artifacts, newest first", responses=ERRORS)
+@router.get("", response_model=list[ArtifactPublic], summary="List artifacts, newest first")
 def list_(session: SessionDep, runtime: RuntimeDep, kind: str | None = Query(None), run_id: str | None = Query(None),
           ) -> list[ArtifactPublic]:
     return [ArtifactPublic.of(a, runtime.paths.root) for a in exports.list_artifacts(session, kind=kind, run_id=run_id)]
 
 
-@router.get("/{artifact_id}", response_model=ArtifactPublic, summary="One artifact", responses=ERRORS)
+@router.get("/{artifact_id}", response_model=ArtifactPublic, summary="One artifact",
+            responses=responses(notes=NOT_FOUND))
 def show(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> ArtifactPublic:
     return ArtifactPublic.of(exports.get_artifact(session, artifact_id), runtime.paths.root)
 
@@ -52,7 +52,7 @@ def show(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> Artifact
             response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}},
                        206: {"description": "Partial content"},
-                       409: {"description": "Not ready, or a folder"}, **ERRORS})
+                       **responses(notes={**NOT_FOUND, 409: "Not ready, or a folder"})})
 def download(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> FileResponse:
     art = exports.get_artifact(session, artifact_id)
     path = exports.file_of(paths=runtime.paths, art=art)
@@ -61,7 +61,8 @@ def download(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> File
 
 
 @router.get("/{artifact_id}/modelfile", summary="The Ollama Modelfile generated next to a GGUF",
-            response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}, **ERRORS})
+            response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {}}}, **responses(notes={**NOT_FOUND, 409: "Not ready"})})
 def modelfile(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> PlainTextResponse:
     art = exports.get_artifact(session, artifact_id)
     path = exports.file_of(paths=runtime.paths, art=art).parent / "Modelfile"
@@ -71,7 +72,7 @@ def modelfile(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> Pla
 
 
 @router.delete("/{artifact_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an artifact and its files",
-               responses={409: {"description": "Running, deployed, or a run's adapter"}, **ERRORS})
+               responses=responses(507, notes={**NOT_FOUND, 409: "Running, deployed, or a run's adapter"}))
 def delete(artifact_id: str, runtime: RuntimeDep) -> Response:
     exports.delete_artifact(engine=runtime.engine, paths=runtime.paths, artifact_id=artifact_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
@@ -8,16 +8,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
+from appliance.api.errors import responses
 from appliance.api.schemas import DatasetPreview, DatasetPublic
 from appliance.datasets import store
 from appliance.datasets.intake import add_dataset
 
-router = APIRouter(prefix="/api/datasets", tags=["datasets"], dependencies=[AdminDep])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or wrong admin token"},
-    404: {"description": "No such dataset"},
-}
+router = APIRouter(prefix="/api/datasets", tags=["datasets"], dependencies=[AdminDep], responses=responses(401, 422))
+NOT_FOUND = {404: "No such dataset"}
 
 
 @router.post(
@@ -27,9 +24,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     summary="Upload a dataset (JSON, JSONL, CSV or Parquet; alpaca, sharegpt or messages rows)",
     responses={
         200: {"model": DatasetPublic, "description": "The same content was already uploaded: that dataset"},
-        413: {"description": "Over the upload size limit"},
-        422: {"description": "Invalid file: `detail`, plus `errors` with line, field and message of the first 20"},
-        **ERRORS,
+        **responses(400, 413, 507, notes={
+            404: "No such base model (base_model_id)",
+            422: "Invalid file: `detail`, plus `errors` with line, field and message of the first 20"}),
     },
 )
 def upload(
@@ -61,12 +58,16 @@ def _public(engine: Engine, dataset_id: str) -> DatasetPublic:
         return DatasetPublic.of(dataset, store.token_stats_of(session, dataset_id))
 
 
-@router.get("", response_model=list[DatasetPublic], summary="List datasets, newest first", responses=ERRORS)
-def list_(runtime: RuntimeDep, session: SessionDep) -> list[DatasetPublic]:
-    return [_public(runtime.engine, d.id) for d in store.list_datasets(session)]
+@router.get("", response_model=list[DatasetPublic], summary="List datasets, newest first")
+def list_(session: SessionDep) -> list[DatasetPublic]:
+    # One session is one read transaction: the list and the stats come from the same snapshot, so a
+    # dataset deleted meanwhile is simply not listed (reading each one again answered 404 in a race).
+    stats = store.token_stats_by_dataset(session)
+    return [DatasetPublic.of(d, stats.get(d.id, [])) for d in store.list_datasets(session)]
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, summary="One dataset with its stats", responses=ERRORS)
+@router.get("/{dataset_id}", response_model=DatasetPublic, summary="One dataset with its stats",
+            responses=responses(notes=NOT_FOUND))
 def show(dataset_id: str, runtime: RuntimeDep) -> DatasetPublic:
     return _public(runtime.engine, dataset_id)
 
@@ -75,7 +76,7 @@ def show(dataset_id: str, runtime: RuntimeDep) -> DatasetPublic:
     "/{dataset_id}/stats",
     response_model=DatasetPublic,
     summary="Token stats for a base model and cutoff (measured on first request, then recorded)",
-    responses=ERRORS,
+    responses=responses(422, 507, notes={404: "No such dataset or base model"}),
 )
 def stats(
     dataset_id: str,
@@ -90,7 +91,8 @@ def stats(
     return _public(runtime.engine, dataset_id)
 
 
-@router.get("/{dataset_id}/preview", response_model=DatasetPreview, summary="The first N rows", responses=ERRORS)
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview, summary="The first N rows",
+            responses=responses(422, notes=NOT_FOUND))
 def preview(
     dataset_id: str, runtime: RuntimeDep, session: SessionDep, n: Annotated[int, Query(ge=1, le=100)] = 5
 ) -> DatasetPreview:
@@ -102,7 +104,7 @@ def preview(
     "/{dataset_id}/download",
     summary="The normalized JSONL",
     response_class=FileResponse,
-    responses={200: {"content": {"application/jsonl": {}}}, **ERRORS},
+    responses={200: {"content": {"application/jsonl": {}}}, **responses(notes=NOT_FOUND)},
 )
 def download(dataset_id: str, runtime: RuntimeDep, session: SessionDep) -> FileResponse:
     dataset = store.get_dataset(session, dataset_id)
@@ -116,7 +118,7 @@ def download(dataset_id: str, runtime: RuntimeDep, session: SessionDep) -> FileR
     "/{dataset_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a dataset that no run uses",
-    responses={409: {"description": "A run uses the dataset"}, **ERRORS},
+    responses=responses(507, notes={**NOT_FOUND, 409: "A run uses the dataset"}),
 )
 def delete(dataset_id: str, runtime: RuntimeDep) -> Response:
     store.delete_dataset(engine=runtime.engine, paths=runtime.paths, dataset_id=dataset_id)

@@ -11,15 +11,15 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
+from appliance.api.errors import responses
 from appliance.api.schemas import MetricPublic, RunPublic
 from appliance.db.tables import Run
 from appliance.jobs import runs
 from appliance.trainer.config import list_presets
 
-router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[AdminDep])
-presets_router = APIRouter(prefix="/api/presets", tags=["runs"], dependencies=[AdminDep])
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "Missing or wrong admin token"},
-                                           404: {"description": "No such run"}}
+router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[AdminDep], responses=responses(401, 422))
+presets_router = APIRouter(prefix="/api/presets", tags=["runs"], dependencies=[AdminDep], responses=responses(401, 422))
+NOT_FOUND = {404: "No such run"}
 
 
 class RunCreate(BaseModel):
@@ -29,7 +29,7 @@ class RunCreate(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict, description="LLaMA-Factory-style keys; unknown keys are refused"
     )
-    name: str | None = None
+    name: str | None = Field(None, max_length=200, description="Display name (at most 200 characters)")
 
 
 @presets_router.get("", summary="Training presets (configs/presets/*.yaml)")
@@ -38,8 +38,9 @@ def presets() -> dict[str, dict[str, Any]]:
 
 
 @router.post("", response_model=RunPublic, status_code=status.HTTP_201_CREATED, summary="Queue a training run",
-             responses={422: {"description": "Bad config (names the key), unknown dataset or model, or the "
-                                             "pre-flight estimate does not fit memory"}, **ERRORS})
+             responses=responses(400, 413, 507, notes={
+                 422: "Bad config (names the key), unknown dataset or model, or the pre-flight estimate does not "
+                      "fit memory"}))
 def create(body: RunCreate, runtime: RuntimeDep) -> RunPublic:
     run = runs.create_run(engine=runtime.engine, paths=runtime.paths, dataset_id=body.dataset_id,
                           base_model_id=body.base_model_id, config=body.config, preset=body.preset, name=body.name,
@@ -58,24 +59,26 @@ def public(session: Session, rows: list[Run]) -> list[RunPublic]:
     return [RunPublic.of(r, extra[r.id]) for r in rows]
 
 
-@router.get("", response_model=list[RunPublic], summary="List runs, newest first", responses=ERRORS)
+@router.get("", response_model=list[RunPublic], summary="List runs, newest first")
 def list_(session: SessionDep) -> list[RunPublic]:
     return public(session, runs.list_runs(session))
 
 
-@router.get("/{run_id}", response_model=RunPublic, summary="One run", responses=ERRORS)
+@router.get("/{run_id}", response_model=RunPublic, summary="One run", responses=responses(notes=NOT_FOUND))
 def show(run_id: str, session: SessionDep) -> RunPublic:
     return public(session, [runs.get_run(session, run_id)])[0]
 
 
-@router.get("/{run_id}/metrics", response_model=list[MetricPublic], summary="Per-step metrics", responses=ERRORS)
+@router.get("/{run_id}/metrics", response_model=list[MetricPublic], summary="Per-step metrics",
+            responses=responses(notes=NOT_FOUND))
 def metrics(run_id: str, session: SessionDep) -> list[MetricPublic]:
     runs.get_run(session, run_id)
     return [MetricPublic.of(m) for m in runs.metrics(session, run_id)]
 
 
 @router.get("/{run_id}/events", summary="Live progress (Server-Sent Events: data, metric, status)",
-            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}, **ERRORS})
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}, **responses(422, notes=NOT_FOUND)})
 async def events(run_id: str, request: Request, runtime: RuntimeDep,
                  poll_s: Annotated[float, Query(ge=0.1, le=10)] = 0.5) -> StreamingResponse:
     with Session(runtime.engine) as session:
@@ -107,7 +110,7 @@ async def events(run_id: str, request: Request, runtime: RuntimeDep,
 
 
 @router.get("/{run_id}/logs", response_class=PlainTextResponse, summary="The training log (last lines)",
-            responses=ERRORS)
+            responses=responses(422, notes=NOT_FOUND))
 def logs(run_id: str, runtime: RuntimeDep, session: SessionDep,
          lines: Annotated[int, Query(ge=1, le=10000)] = 200) -> str:
     runs.get_run(session, run_id)
@@ -116,22 +119,22 @@ def logs(run_id: str, runtime: RuntimeDep, session: SessionDep,
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic, summary="Cancel a queued or running run",
-             responses={409: {"description": "Already finished"}, **ERRORS})
+             responses=responses(507, notes={**NOT_FOUND, 409: "Already finished"}))
 def cancel(run_id: str, runtime: RuntimeDep) -> RunPublic:
     runs.cancel_run(engine=runtime.engine, run_id=run_id)
     return _public(runtime.engine, run_id)
 
 
 @router.post("/{run_id}/retry", response_model=RunPublic, summary="Queue a failed or cancelled run again "
-             "(it resumes from its last checkpoint)", responses={409: {"description": "Not failed or cancelled"},
-                                                                 **ERRORS})
+             "(it resumes from its last checkpoint)",
+             responses=responses(507, notes={**NOT_FOUND, 409: "Not failed or cancelled"}))
 def retry(run_id: str, runtime: RuntimeDep) -> RunPublic:
     runs.retry_run(engine=runtime.engine, run_id=run_id)
     return _public(runtime.engine, run_id)
 
 
 @router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a finished run and its files",
-               responses={409: {"description": "Queued or running"}, **ERRORS})
+               responses=responses(507, notes={**NOT_FOUND, 409: "Queued or running"}))
 def remove(run_id: str, runtime: RuntimeDep) -> Response:
     runs.delete_run(engine=runtime.engine, paths=runtime.paths, run_id=run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
