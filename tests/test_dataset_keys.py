@@ -32,7 +32,8 @@ def test_case05_weight_zero_is_kept_as_context_and_shown(client: TestClient) -> 
 def test_case05_weight_zero_turn_gets_no_label(client: TestClient, runtime: Runtime, template_dir: Path) -> None:
     from appliance.models.chat import ChatTokenizer
     from appliance.models.registry import BUNDLED_ID
-    from appliance.trainer.data import IGNORE, encode
+    from appliance.trainer.data import IGNORE
+    from appliance.trainer.rows import encode
 
     res = upload(client, "weighted.jsonl", (CASES / "weighted.jsonl").read_bytes())
     messages = json.loads(stored_text(runtime, res.json()).splitlines()[0])["messages"]
