@@ -152,3 +152,25 @@ def test_lower_priority_puts_a_child_below_serving() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_worker_remembers_that_a_childs_output_ended_before_it_exited(runtime) -> None:  # type: ignore[no-untyped-def]
+    """The child's stdout can end before the process is reaped; the next round must still see the end
+    (it once did not, and the run stayed 'running' with no child)."""
+    import time
+
+    from appliance.worker.worker import Job, Worker, _pump
+
+    child = subprocess.Popen([sys.executable, "-c", "import os, time; os.close(1); time.sleep(2)"],
+                             stdout=subprocess.PIPE, text=True)
+    job = Job("run_x", child, 0)
+    assert child.stdout is not None
+    threading.Thread(target=_pump, args=(child.stdout, job.lines), daemon=True).start()
+    worker = Worker(runtime)
+    deadline = time.monotonic() + 60
+    while not worker._relay(job):  # the end of output, read while the child still sleeps
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert child.poll() is None
+    child.wait()
+    assert worker._relay(job)  # and still known once it has exited

@@ -59,6 +59,7 @@ class Job:
     error: str | None = None
     last_beat: float = 0.0
     paused_s: float = 0.0  # behind kiosk requests, not yet recorded
+    output_ended: bool = False  # the child's stdout reached its end (it may not have exited yet)
     seen_at: float = 0.0
 
 
@@ -188,14 +189,16 @@ class Worker:
         return job
 
     def _relay(self, job: Job) -> bool:
-        """Record what the child said; True once its output has ended."""
-        while True:
+        """Record what the child said; True once its output has ended (and on every call after: the end
+        can be read before the process has exited, and the next call must still know it)."""
+        while not job.output_ended:
             try:
                 line = job.lines.get_nowait()
             except queue.Empty:
                 return False
             if line is None:
-                return True
+                job.output_ended = True
+                break
             try:
                 msg = json.loads(line)
             except json.JSONDecodeError:
@@ -215,6 +218,7 @@ class Worker:
             elif kind == "error":
                 job.error = msg["message"]
                 job.done = msg if job.kind == "export" and msg.get("verification") else job.done
+        return True
 
     def _watch(self, job: Job) -> list[str]:
         ended = self._relay(job)
