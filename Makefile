@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup run test lint clean-venv browser
+.PHONY: setup run test lint clean-venv browser wheelhouse base-image image bundle test-docker
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,24 @@ lint: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Packaging (docker/build.sh; TARGET=cpu|cuda|l4t, docker/targets/*.env). The image build and the
+# tarball need only what these made before: the wheelhouse (every Python package) and a base image.
+TARGET ?= cpu
+
+wheelhouse: setup
+	PY=$(PY) bash docker/build.sh wheelhouse $(TARGET)
+
+base-image:
+	bash docker/build.sh base-image $(TARGET)
+
+image: setup
+	PY=$(PY) bash docker/build.sh image $(TARGET)
+
+# dist/appliance-<version>-<target>.tar: the saved image, compose files, install.sh, the wheelhouse, SHA256SUMS
+bundle: setup
+	PY=$(PY) bash docker/build.sh bundle $(TARGET)
+
+# The real engine test and the offline install test (as root: it starts its own Docker engine).
+test-docker: setup
+	bash tests/docker/run.sh

@@ -128,9 +128,16 @@ def inference() -> None:
 @app.command()
 def worker() -> None:
     """Run the trainer worker: claims queued runs, trains in a child process, resumes after crashes."""
+    from appliance.serving import Signal
     from appliance.worker.worker import Worker
 
-    Worker(_runtime()).run_forever()
+    runtime = _runtime()
+    alive = Signal(runtime.paths.worker_lock)  # `appliance health worker` asks whether it is held
+    alive.enter()
+    try:
+        Worker(runtime).run_forever()
+    finally:
+        alive.close()
 
 
 @app.command()
@@ -141,6 +148,7 @@ def api() -> None:
     from appliance.api.app import create_app
 
     runtime = _runtime()
+    ensure_bundled(runtime)  # a no-op under `up`, which did it; the first start of the api service does it
     uvicorn.run(
         create_app(runtime=runtime), host=runtime.settings.host, port=runtime.settings.api_port,
         log_level=runtime.settings.log_level,
@@ -175,6 +183,25 @@ def config() -> None:
             shown = "********"
         typer.echo(f"APPLIANCE_{name.upper()}={shown}")
         typer.echo(f"    {info.description}")
+
+
+@app.command()
+def health(
+    service: Annotated[str, typer.Argument(help="api, worker, inference, or all")] = "all",
+) -> None:
+    """Exit 0 when the service answers (the containers' HEALTHCHECK), else print what is wrong and exit 1."""
+    from appliance.health import SERVICES, check
+
+    settings = Settings()
+    names = SERVICES if service == "all" else (service,)
+    try:
+        problems = [p for p in (check(n, settings) for n in names) if p]
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    for problem in problems:
+        typer.echo(problem, err=True)
+    raise typer.Exit(1 if problems else 0)
 
 
 @app.command()

@@ -10,6 +10,7 @@
       tmp/                    work in progress; same filesystem, so a finished file is renamed in
       serving.lock            held by the inference server while a kiosk request generates
       background.lock         held by the worker while a training/export child lives
+      worker.lock             held by the worker process while it lives (its health check)
       inference-loading       present only while the inference server loads a model
 """
 
@@ -89,6 +90,11 @@ class Paths:
     def background_lock(self) -> Path:
         """Kiosks first (appliance/serving.py): held by the worker while a child (training, export) lives."""
         return self.root / "background.lock"
+
+    @property
+    def worker_lock(self) -> Path:
+        """Held by the worker process while it lives (`appliance health worker` asks the kernel)."""
+        return self.root / "worker.lock"
 
     @property
     def inference_loading(self) -> Path:

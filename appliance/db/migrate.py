@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from appliance.paths import Paths
-
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+from appliance.resources import migrations_dir
 
 
 def alembic_config(paths: Paths) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", paths.db_url)
     return cfg
 

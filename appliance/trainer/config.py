@@ -3,15 +3,15 @@ written for LLaMA-Factory runs unchanged when it uses supported keys. Unknown ke
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from appliance.errors import InputProblem, InvalidInputError
+from appliance.resources import presets_dir
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "presets"
+PRESETS_DIR = presets_dir()
 
 # LLaMA-Factory keys whose job the appliance does another way; accepted so its YAMLs run unchanged.
 IGNORED_KEYS = {

@@ -1,0 +1,32 @@
+"""Files the appliance ships beside its code: the database migrations and the run presets.
+
+In a source checkout they are `migrations/` and `configs/presets/` at the repository root. An
+installed wheel (the Docker image, the air-gapped tarball's `install.sh --native`) carries them as
+data files under `<sys.prefix>/share/appliance/` (pyproject.toml's `tool.setuptools.data-files`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_CHECKOUT = Path(__file__).resolve().parents[1]
+_INSTALLED = Path(sys.prefix) / "share" / "appliance"
+
+
+def _first(*candidates: Path) -> Path:
+    for path in candidates:
+        if path.is_dir():
+            return path
+    found = ", ".join(map(str, candidates))
+    raise FileNotFoundError(f"none of {found} exists: the appliance is installed incompletely")
+
+
+def migrations_dir() -> Path:
+    """Alembic's script folder (env.py, versions/)."""
+    return _first(_CHECKOUT / "migrations", _INSTALLED / "migrations")
+
+
+def presets_dir() -> Path:
+    """The run presets (`*.yaml`, LLaMA-Factory keys)."""
+    return _first(_CHECKOUT / "configs" / "presets", _INSTALLED / "presets")
