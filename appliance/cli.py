@@ -566,6 +566,11 @@ def deployments_list() -> None:
             typer.echo(f"{d.id}  {d.status:<8} {d.name or '-':<40} {detail}")
 
 
+from appliance.cli_lf import import_lf  # noqa: E402  (it reaches back into this module only when run)
+
+datasets_app.command("import-lf")(import_lf)
+
+
 def main() -> None:
     app()
 

@@ -81,6 +81,14 @@ class DatasetPublic(BaseModel):
         )
 
 
+class LfImportedPublic(BaseModel):
+    """One entry of an imported LLaMA-Factory dataset_info.json."""
+
+    lf_name: str = Field(description="The entry's name in dataset_info.json (also the dataset's name when new)")
+    created: bool = Field(description="False when the same content was already a dataset (that one is returned)")
+    dataset: DatasetPublic
+
+
 class DatasetPreview(BaseModel):
     id: str
     rows: list[dict[str, list[dict[str, str | int]]]] = Field(
