@@ -194,12 +194,11 @@ class ArtifactPublic(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, a: Artifact, root: Any = None) -> ArtifactPublic:
+    def of(cls, a: Artifact, modelfile: bool = False) -> ArtifactPublic:
+        """No I/O: whether a Modelfile exists is looked up beforehand (exports.with_modelfile)."""
         from pathlib import PurePosixPath
 
         file = PurePosixPath(a.path).name if a.path else None
-        modelfile = bool(root is not None and a.path and a.kind == "gguf"
-                         and (root / a.path).parent.joinpath("Modelfile").is_file())
         return cls(
             id=a.id, kind=a.kind, type=a.type, status=a.status, name=a.name, run_id=a.run_id,
             base_model_id=a.base_model_id, size=a.size, sha256=a.sha256, error=a.error,
