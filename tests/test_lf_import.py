@@ -134,20 +134,20 @@ def test_every_refused_key_is_named_with_its_dataset(runtime: Runtime, tmp_path:
                     "tags": {"user_tag": "u"}},
             "shared_tags": {"file_name": "chats", "formatting": "sharegpt",
                             "tags": {"user_tag": "x", "assistant_tag": "x", "colour": "red"}},
-            "escape": {"file_name": "../secret.json"}}
+            "escape": {"file_name": "../secret.json"}, "dot": {"file_name": "."}, "n" * 201: {"file_name": "faq.json"}}
     err = refused(runtime, write_folder(tmp_path / "d", info))
     assert err.source == "dataset_info.json"
     by_field = {p.field: p.message for p in err.problems}
     assert set(by_field) == {
         "remote.hf_hub_url", "prefs.ranking", "prefs.columns.chosen", "prefs.columns.rejected", "calls.columns.tools",
         "odd.load_from", "odd.split", "odd.subset", "odd.tags", "shared_tags.tags.assistant_tag",
-        "shared_tags.tags.colour", "escape.file_name"}
+        "shared_tags.tags.colour", "escape.file_name", "dot.file_name", "n" * 200}
     assert "offline appliance cannot" in by_field["remote.hf_hub_url"]
     assert "preference data" in by_field["prefs.ranking"]
     assert "tool and function calling cannot be trained" in by_field["calls.columns.tools"]
     assert "unknown key 'load_from'" in by_field["odd.load_from"]
     assert "'test[:10]'" in by_field["odd.split"] and "alpaca" in by_field["odd.tags"]
-    assert "outside the imported folder" in by_field["escape.file_name"]
+    assert "outside the imported folder" in by_field["escape.file_name"] and "1 to 200" in by_field["n" * 200]
     # Selecting only good entries imports them: the refused ones are not read.
     ok = import_folder(engine=runtime.engine, paths=runtime.paths, settings=runtime.settings,
                        folder=tmp_path / "d", names=["faq_alpaca"])

@@ -14,7 +14,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -65,6 +65,8 @@ def unpack(archive: Path, source: str, dest: Path, limit: int) -> None:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # a real I/O error (a full disk is mapped by the caller), not a corrupt archive
         raise _refuse(source, f"corrupt archive: {exc}") from exc
+    finally:
+        members.close()  # closes the archive, also when a member was refused
 
 
 def _safe_name(name: str, source: str) -> PurePosixPath:
@@ -81,7 +83,7 @@ def _skipped(name: str) -> bool:
     return PurePosixPath(name).parts[:1] in [(s,) for s in SKIPPED]
 
 
-def _zip_members(archive: Path, source: str) -> Iterator[Member]:
+def _zip_members(archive: Path, source: str) -> Generator[Member, None, None]:
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             if info.is_dir() or _skipped(info.filename):
@@ -92,7 +94,7 @@ def _zip_members(archive: Path, source: str) -> Iterator[Member]:
             yield info.filename, partial(zf.open, info)
 
 
-def _tar_members(archive: Path, source: str) -> Iterator[Member]:
+def _tar_members(archive: Path, source: str) -> Generator[Member, None, None]:
     with tarfile.open(archive, mode="r:*") as tf:
         for member in tf:
             if member.isdir() or _skipped(member.name):

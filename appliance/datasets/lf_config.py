@@ -17,6 +17,7 @@ from appliance.datasets.fields import NO_TOOLS
 from appliance.errors import InvalidInputError, Problems
 
 INFO_FILE = "dataset_info.json"
+MAX_NAME_CHARS = 200  # as for an upload's name (intake.MAX_NAME_CHARS)
 FORMATTINGS = ("alpaca", "sharegpt", "openai")  # openai: sharegpt with role/content tags (LLaMA-Factory)
 # Which columns each formatting reads, with LLaMA-Factory's defaults (None: not read unless named).
 COLUMNS = {
@@ -91,6 +92,10 @@ def parse_info(info: Any, names: list[str] | None = None) -> list[LfEntry]:
 
 
 def _entry(name: str, raw: Any, problems: Problems) -> LfEntry | None:
+    if not name.strip() or len(name) > MAX_NAME_CHARS:
+        problems.add(None, name[:MAX_NAME_CHARS], f"a dataset name needs 1 to {MAX_NAME_CHARS} characters (it names "
+                                                  f"the imported dataset), got {len(name.strip())}")
+        return None
     if not isinstance(raw, dict):
         problems.add(None, name, f"expected an object (file_name, formatting, columns, ...), got {type(raw).__name__}")
         return None
@@ -146,7 +151,7 @@ def _file_name(name: str, raw: dict[str, Any], problems: Problems) -> str | None
         problems.add(None, where, f"expected a file name, got {value!r}")
         return None
     path = PurePosixPath(value.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or ":" in path.parts[0]:
+    if path.is_absolute() or ".." in path.parts or not path.parts or ":" in path.parts[0]:
         problems.add(None, where, f"{value!r} is outside the imported folder: name a file or folder inside it")
         return None
     return str(path)
