@@ -432,10 +432,12 @@ def runs_logs(run_id: str) -> None:
 
 def _artifact_public(runtime: Runtime, artifact_id: str) -> dict[str, Any]:
     from appliance.api.schemas import ArtifactPublic
-    from appliance.jobs.exports import get_artifact
+    from appliance.jobs.exports import get_artifact, with_modelfile
 
     with Session(runtime.engine) as session:
-        return ArtifactPublic.of(get_artifact(session, artifact_id), runtime.paths.root).model_dump(mode="json")
+        art = get_artifact(session, artifact_id)
+    modelfile = art.id in with_modelfile(paths=runtime.paths, arts=[art])
+    return ArtifactPublic.of(art, modelfile=modelfile).model_dump(mode="json")
 
 
 def _watch_artifact(runtime: Runtime, artifact_id: str) -> dict[str, Any]:
@@ -591,6 +593,11 @@ def deployments_list() -> None:
         for d in list_deployments(session):
             detail = d.error or (f"{d.strategy}, gap {d.gap_ms:.0f} ms" if d.strategy else "")
             typer.echo(f"{d.id}  {d.status:<8} {d.name or '-':<40} {detail}")
+
+
+from appliance.cli_lf import import_lf  # noqa: E402  (it reaches back into this module only when run)
+
+datasets_app.command("import-lf")(import_lf)
 
 
 def main() -> None:

@@ -81,6 +81,14 @@ class DatasetPublic(BaseModel):
         )
 
 
+class LfImportedPublic(BaseModel):
+    """One entry of an imported LLaMA-Factory dataset_info.json."""
+
+    lf_name: str = Field(description="The entry's name in dataset_info.json (also the dataset's name when new)")
+    created: bool = Field(description="False when the same content was already a dataset (that one is returned)")
+    dataset: DatasetPublic
+
+
 class DatasetPreview(BaseModel):
     id: str
     rows: list[dict[str, list[dict[str, str | int]]]] = Field(
@@ -186,12 +194,11 @@ class ArtifactPublic(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, a: Artifact, root: Any = None) -> ArtifactPublic:
+    def of(cls, a: Artifact, modelfile: bool = False) -> ArtifactPublic:
+        """No I/O: whether a Modelfile exists is looked up beforehand (exports.with_modelfile)."""
         from pathlib import PurePosixPath
 
         file = PurePosixPath(a.path).name if a.path else None
-        modelfile = bool(root is not None and a.path and a.kind == "gguf"
-                         and (root / a.path).parent.joinpath("Modelfile").is_file())
         return cls(
             id=a.id, kind=a.kind, type=a.type, status=a.status, name=a.name, run_id=a.run_id,
             base_model_id=a.base_model_id, size=a.size, sha256=a.sha256, error=a.error,

@@ -3,23 +3,17 @@ content-addressed by sha256 -> recorded. A bad file leaves nothing behind: no ro
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
 
 from appliance import fsutil
 from appliance.datasets import readers
+from appliance.datasets.record import NewDataset, record_datasets
 from appliance.datasets.shapes import FORMATS, Message, normalize_rows
-from appliance.datasets.stats import token_stats
-from appliance.db import events
-from appliance.db.engine import write_session
-from appliance.db.tables import Dataset, DatasetTokenStats
+from appliance.db.tables import Dataset
 from appliance.errors import InputProblem, InvalidInputError, Problems, TooLargeInputError
 from appliance.paths import Paths
 from appliance.settings import Settings
@@ -96,12 +90,6 @@ def _bad_format(source: str, fmt: str) -> InvalidInputError:
     return InvalidInputError(source, [problem])
 
 
-def serialize(conversations: list[list[Message]]) -> bytes:
-    """Canonical JSONL: one {"messages": [...]} per line; the sha256 of these bytes is the id."""
-    lines = (json.dumps({"messages": c}, ensure_ascii=False, separators=(",", ":")) for c in conversations)
-    return ("\n".join(lines) + "\n").encode("utf-8")
-
-
 def add_dataset(
     *,
     engine: Engine,
@@ -129,55 +117,15 @@ def add_dataset(
                 "(APPLIANCE_MAX_UPLOAD_BYTES)"
             ) from exc
         parsed = parse_file(raw, filename, fmt, settings.max_dataset_rows)
-    body = serialize(parsed.conversations)
-    sha = hashlib.sha256(body).hexdigest()
-    with Session(engine) as session:
-        existing = session.exec(select(Dataset).where(Dataset.sha256 == sha)).first()
-        if existing is not None:
-            return existing, False
-    stats = token_stats(
-        engine=engine, paths=paths, conversations=parsed.conversations, base_model_id=base_model_id,
-        cutoff_len=cutoff_len or settings.default_cutoff_len,
-    )
-    final = paths.dataset_file(sha)
-    with fsutil.refuse_when_full(paths.tmp), fsutil.temp_path(paths.tmp, ".jsonl") as tmp:
-        tmp.write_bytes(body)
-        fsutil.publish(tmp, final)
-    dataset = Dataset(
-        id=f"ds_{sha[:16]}",
+    item = NewDataset(
         name=name.strip() if name and name.strip() else display_name(filename),
+        source_filename=display_name(filename),
         format=parsed.format,
         source_type=parsed.source_type,
-        source_filename=display_name(filename),
-        sha256=sha,
-        path=paths.rel(final),
-        rows=len(parsed.conversations),
-        turns=sum(1 for c in parsed.conversations for m in c if m["role"] == "assistant"),
-        characters=sum(len(m["content"]) for c in parsed.conversations for m in c),
-        size_bytes=len(body),
+        conversations=parsed.conversations,
     )
-    try:
-        with write_session(engine) as session:
-            session.add(dataset)
-            session.flush()
-            if stats is not None:
-                session.add(DatasetTokenStats(dataset_id=dataset.id, **stats))
-            events.record(
-                session, kind="dataset.added", entity_type="dataset", entity_id=dataset.id,
-                message=f"dataset {dataset.name}: {dataset.rows} rows ({dataset.format}, {dataset.source_type})",
-            )
-    except IntegrityError:
-        # The same content, uploaded concurrently, won the race: that one is ours too.
-        with Session(engine) as session:
-            winner = session.exec(select(Dataset).where(Dataset.sha256 == sha)).first()
-        if winner is None:
-            final.unlink(missing_ok=True)
-            raise
-        return winner, False
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
-    with Session(engine) as session:
-        stored = session.get(Dataset, dataset.id)
-        assert stored is not None
-        return stored, True
+    [(dataset, created)] = record_datasets(
+        engine=engine, paths=paths, items=[item], base_model_id=base_model_id,
+        cutoff_len=cutoff_len or settings.default_cutoff_len,
+    )
+    return dataset, created

@@ -132,7 +132,9 @@ def read_json_array(path: Path, problems: Problems) -> Iterator[Record]:
         return
 
 
-def read_csv(path: Path, problems: Problems) -> Iterator[Record]:
+def read_csv(path: Path, problems: Problems, known_columns: bool = True) -> Iterator[Record]:
+    """Rows as {header: cell} plus "__csv__": True. With known_columns, the header must hold the
+    columns of a shape we detect (a LLaMA-Factory import names its own columns instead)."""
     with open(path, encoding="utf-8", newline="") as f:
         sample = f.read(SNIFF_BYTES).replace(BOM, "")
         f.seek(0)
@@ -142,7 +144,7 @@ def read_csv(path: Path, problems: Problems) -> Iterator[Record]:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             return
-        if not _csv_header_ok(header):
+        if known_columns and not _csv_header_ok(header):
             missing = [c for c in ("instruction", "output") if c not in header]
             problems.add(
                 1, None,
@@ -189,6 +191,9 @@ def read_parquet(path: Path, problems: Problems) -> Iterator[Record]:
         yield Record(number, row, unit="row")
 
 
-def read_records(path: Path, source_type: str, problems: Problems) -> Iterator[Record]:
-    readers = {"jsonl": read_jsonl, "json": read_json_array, "csv": read_csv, "parquet": read_parquet}
+def read_records(path: Path, source_type: str, problems: Problems, known_columns: bool = True) -> Iterator[Record]:
+    """Records of a file of `source_type` (detect_type); problems are collected, not raised."""
+    if source_type == "csv":
+        return read_csv(path, problems, known_columns)
+    readers = {"jsonl": read_jsonl, "json": read_json_array, "parquet": read_parquet}
     return readers[source_type](path, problems)

@@ -309,6 +309,16 @@ def delete_artifact(*, engine: Engine, paths: Paths, artifact_id: str) -> None:
     shutil.rmtree(paths.artifact_dir(artifact_id), ignore_errors=True)
 
 
+def with_modelfile(*, paths: Paths, arts: list[Artifact]) -> set[str]:
+    """Ids of the GGUF artifacts that have an Ollama Modelfile next to their file: one stat per GGUF,
+    done here, so the response schema (ArtifactPublic.of) is handed the fact and reads no disk."""
+    found = set()
+    for art in arts:
+        if art.kind == "gguf" and art.path and (paths.root / art.path).parent.joinpath("Modelfile").is_file():
+            found.add(art.id)
+    return found
+
+
 def file_of(*, paths: Paths, art: Artifact) -> Path:
     """The file a download serves: the GGUF, or an adapter's safetensors."""
     if art.status != ArtifactStatus.ready or art.path is None:

@@ -8,6 +8,8 @@ from sqlmodel import Session
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
 from appliance.api.errors import responses
 from appliance.api.schemas import ArtifactPublic
+from appliance.bootstrap import Runtime
+from appliance.db.tables import Artifact
 from appliance.errors import NotFoundError
 from appliance.export.quantize import ALL_TYPES
 from appliance.jobs import exports
@@ -33,19 +35,25 @@ def export(body: ExportRequest, runtime: RuntimeDep) -> ArtifactPublic:
     art, _created = exports.request_export(engine=runtime.engine, paths=runtime.paths, run_id=body.run_id,
                                            base_model_id=body.base_model_id, out_type=body.type, kind=body.kind)
     with Session(runtime.engine) as session:
-        return ArtifactPublic.of(exports.get_artifact(session, art.id), runtime.paths.root)
+        return _public(runtime, [exports.get_artifact(session, art.id)])[0]
+
+
+def _public(runtime: Runtime, arts: list[Artifact]) -> list[ArtifactPublic]:
+    """The disk is read here, once for all of them (a Modelfile next to each GGUF), not by the schema."""
+    modelfiles = exports.with_modelfile(paths=runtime.paths, arts=arts)
+    return [ArtifactPublic.of(a, modelfile=a.id in modelfiles) for a in arts]
 
 
 @router.get("", response_model=list[ArtifactPublic], summary="List artifacts, newest first")
 def list_(session: SessionDep, runtime: RuntimeDep, kind: str | None = Query(None), run_id: str | None = Query(None),
           ) -> list[ArtifactPublic]:
-    return [ArtifactPublic.of(a, runtime.paths.root) for a in exports.list_artifacts(session, kind=kind, run_id=run_id)]
+    return _public(runtime, exports.list_artifacts(session, kind=kind, run_id=run_id))
 
 
 @router.get("/{artifact_id}", response_model=ArtifactPublic, summary="One artifact",
             responses=responses(notes=NOT_FOUND))
 def show(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> ArtifactPublic:
-    return ArtifactPublic.of(exports.get_artifact(session, artifact_id), runtime.paths.root)
+    return _public(runtime, [exports.get_artifact(session, artifact_id)])[0]
 
 
 @router.get("/{artifact_id}/download", summary="Download the file (range requests supported)",

@@ -9,9 +9,10 @@ from sqlmodel import Session
 
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
 from appliance.api.errors import responses
-from appliance.api.schemas import DatasetPreview, DatasetPublic
+from appliance.api.schemas import DatasetPreview, DatasetPublic, LfImportedPublic
 from appliance.datasets import store
 from appliance.datasets.intake import add_dataset
+from appliance.datasets.lf_import import import_archive, split_names
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"], dependencies=[AdminDep], responses=responses(401, 422))
 NOT_FOUND = {404: "No such dataset"}
@@ -50,6 +51,42 @@ def upload(
     if not created:
         response.status_code = status.HTTP_200_OK
     return _public(runtime.engine, dataset.id)
+
+
+@router.post(
+    "/import-lf",
+    response_model=list[LfImportedPublic],
+    status_code=status.HTTP_201_CREATED,
+    summary="Import a LLaMA-Factory data folder (dataset_info.json and its files) uploaded as a zip or tar",
+    responses={
+        200: {"model": list[LfImportedPublic], "description": "Every entry's content was already a dataset"},
+        **responses(400, 413, 507, notes={
+            404: "No such base model (base_model_id)",
+            422: "Not an archive, an unsafe member, a refused dataset_info.json key (field `<dataset>.<key>`) or "
+                 "a bad row (`file`, line and field); nothing is recorded"}),
+    },
+)
+def import_lf(
+    runtime: RuntimeDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="The folder as .zip, .tar or .tar.gz, dataset_info.json at its top "
+                                                 "or in its one top folder")],
+    names: Annotated[list[str] | None, Form(description="Entries to import (repeat the field, or separate with "
+                                                        "commas); default: all")] = None,
+    base_model_id: Annotated[
+        str | None, Form(description="Model whose tokenizer and chat template measure token counts")
+    ] = None,
+    cutoff_len: Annotated[int | None, Form(gt=0, description="Token cutoff for the over-length count")] = None,
+) -> list[LfImportedPublic]:
+    imported = import_archive(
+        engine=runtime.engine, paths=runtime.paths, settings=runtime.settings, stream=file.file,
+        filename=file.filename or "upload", names=split_names(names), base_model_id=base_model_id,
+        cutoff_len=cutoff_len,
+    )
+    if not any(i.created for i in imported):
+        response.status_code = status.HTTP_200_OK
+    return [LfImportedPublic(lf_name=i.lf_name, created=i.created, dataset=_public(runtime.engine, i.dataset.id))
+            for i in imported]
 
 
 def _public(engine: Engine, dataset_id: str) -> DatasetPublic:
