@@ -399,7 +399,7 @@ def runs_rm(run_id: str) -> None:
 def runs_logs(run_id: str) -> None:
     """Print the run's training log."""
     runtime = _runtime()
-    log = runtime.paths.run_dir(run_id) / "train.log"
+    log = runtime.paths.run(run_id).log
     typer.echo(log.read_text() if log.exists() else "")
 
 
@@ -408,7 +408,7 @@ def _artifact_public(runtime: Runtime, artifact_id: str) -> dict[str, Any]:
     from appliance.jobs.exports import get_artifact
 
     with Session(runtime.engine) as session:
-        return ArtifactPublic.of(get_artifact(session, artifact_id), runtime.paths.root).model_dump(mode="json")
+        return ArtifactPublic.of(get_artifact(session, artifact_id), runtime.paths).model_dump(mode="json")
 
 
 def _watch_artifact(runtime: Runtime, artifact_id: str) -> dict[str, Any]:

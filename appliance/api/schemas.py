@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from appliance.db.tables import Artifact, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric
 from appliance.jobs.runs import RunExtra
+from appliance.paths import Paths
 
 
 class ModelFile(BaseModel):
@@ -186,12 +187,12 @@ class ArtifactPublic(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, a: Artifact, root: Any = None) -> ArtifactPublic:
+    def of(cls, a: Artifact, paths: Paths | None = None) -> ArtifactPublic:
         from pathlib import PurePosixPath
 
         file = PurePosixPath(a.path).name if a.path else None
-        modelfile = bool(root is not None and a.path and a.kind == "gguf"
-                         and (root / a.path).parent.joinpath("Modelfile").is_file())
+        modelfile = bool(paths is not None and a.path and a.kind == "gguf"
+                         and paths.resolve(a.path).parent.joinpath("Modelfile").is_file())
         return cls(
             id=a.id, kind=a.kind, type=a.type, status=a.status, name=a.name, run_id=a.run_id,
             base_model_id=a.base_model_id, size=a.size, sha256=a.sha256, error=a.error,

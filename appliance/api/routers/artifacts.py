@@ -33,19 +33,19 @@ def export(body: ExportRequest, runtime: RuntimeDep) -> ArtifactPublic:
     art, _created = exports.request_export(engine=runtime.engine, paths=runtime.paths, run_id=body.run_id,
                                            base_model_id=body.base_model_id, out_type=body.type, kind=body.kind)
     with Session(runtime.engine) as session:
-        return ArtifactPublic.of(exports.get_artifact(session, art.id), runtime.paths.root)
+        return ArtifactPublic.of(exports.get_artifact(session, art.id), runtime.paths)
 
 
 @router.get("", response_model=list[ArtifactPublic], summary="List artifacts, newest first")
 def list_(session: SessionDep, runtime: RuntimeDep, kind: str | None = Query(None), run_id: str | None = Query(None),
           ) -> list[ArtifactPublic]:
-    return [ArtifactPublic.of(a, runtime.paths.root) for a in exports.list_artifacts(session, kind=kind, run_id=run_id)]
+    return [ArtifactPublic.of(a, runtime.paths) for a in exports.list_artifacts(session, kind=kind, run_id=run_id)]
 
 
 @router.get("/{artifact_id}", response_model=ArtifactPublic, summary="One artifact",
             responses=responses(notes=NOT_FOUND))
 def show(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> ArtifactPublic:
-    return ArtifactPublic.of(exports.get_artifact(session, artifact_id), runtime.paths.root)
+    return ArtifactPublic.of(exports.get_artifact(session, artifact_id), runtime.paths)
 
 
 @router.get("/{artifact_id}/download", summary="Download the file (range requests supported)",
