@@ -426,7 +426,7 @@ def runs_rm(run_id: str) -> None:
 def runs_logs(run_id: str) -> None:
     """Print the run's training log."""
     runtime = _runtime()
-    log = runtime.paths.run_dir(run_id) / "train.log"
+    log = runtime.paths.run(run_id).log
     typer.echo(log.read_text() if log.exists() else "")
 
 

@@ -5,9 +5,12 @@
       secrets/                admin_token, kiosk_key (0600)
       datasets/<sha256>.jsonl normalized datasets, content-addressed
       models/<model_id>/      base models: source.gguf and/or hf/ (safetensors, tokenizer)
-      runs/<run_id>/          training output (checkpoints, adapter)
+      runs/<run_id>/          training output (RunDir: spec.json, config.json, train.log, tmp/,
+                              checkpoints/step-NNNNNNN/, adapter/)
       artifacts/<id>/         exported files
+      logs/export-<id>.log    an export child's stderr, all attempts
       tmp/                    work in progress; same filesystem, so a finished file is renamed in
+        export-<id>/          an export's work folder; export-<id>.json its child's spec
       serving.lock            held by the inference server while a kiosk request generates
       background.lock         held by the worker while a training/export child lives
       worker.lock             held by the worker process while it lives (its health check)
@@ -31,6 +34,79 @@ def _check_id(value: str) -> str:
     if not _ID_RE.match(value) or ".." in value:
         raise UnsafeIdError(f"not a valid id: {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """One complete training checkpoint (written aside and renamed in by the trainer)."""
+
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        """JSON: {"step": int, ...the loop's own state}."""
+        return self.root / "state.json"
+
+    @property
+    def optimizer(self) -> Path:
+        return self.root / "optimizer.pt"
+
+    @property
+    def scheduler(self) -> Path:
+        return self.root / "scheduler.pt"
+
+    @property
+    def rng(self) -> Path:
+        return self.root / "rng.pt"
+
+    @property
+    def adapter(self) -> Path:
+        """A peft adapter folder."""
+        return self.root / "adapter"
+
+    def complete(self) -> bool:
+        """Whether every part a resume needs is there (a folder with a part missing crashes a resume)."""
+        return all(p.exists() for p in (self.state, self.optimizer, self.rng, self.adapter))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The layout of one run's folder. The trainer child builds it from the spec's `run_dir`; everyone
+    else gets it from `Paths.run()`."""
+
+    root: Path
+
+    @property
+    def spec(self) -> Path:
+        """The trainer child's spec (appliance/child_protocol.py TrainSpec), rewritten at each attempt."""
+        return self.root / "spec.json"
+
+    @property
+    def config(self) -> Path:
+        """The run's resolved training config, for people (the trainer reads the spec)."""
+        return self.root / "config.json"
+
+    @property
+    def log(self) -> Path:
+        """The trainer child's stderr, all attempts."""
+        return self.root / "train.log"
+
+    @property
+    def tmp(self) -> Path:
+        """Half-written checkpoints and adapters; emptied before each attempt."""
+        return self.root / "tmp"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, step: int) -> CheckpointDir:
+        return CheckpointDir(self.checkpoints / f"step-{step:07d}")
+
+    @property
+    def adapter(self) -> Path:
+        """The finished run's peft adapter folder."""
+        return self.root / "adapter"
 
 
 @dataclass(frozen=True)
@@ -75,11 +151,38 @@ class Paths:
     def model_dir(self, model_id: str) -> Path:
         return self.models / _check_id(model_id)
 
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
     def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / _check_id(run_id)
+        return self.runs / _check_id(run_id)
+
+    def run(self, run_id: str) -> RunDir:
+        return RunDir(self.run_dir(run_id))
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
 
     def artifact_dir(self, artifact_id: str) -> Path:
-        return self.root / "artifacts" / _check_id(artifact_id)
+        return self.artifacts / _check_id(artifact_id)
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def export_log(self, artifact_id: str) -> Path:
+        """An export child's stderr, all attempts."""
+        return self.logs / f"export-{_check_id(artifact_id)}.log"
+
+    def export_work_dir(self, artifact_id: str) -> Path:
+        """Where an export child writes; renamed to artifact_dir() once complete and verified."""
+        return self.tmp / f"export-{_check_id(artifact_id)}"
+
+    def export_spec(self, artifact_id: str) -> Path:
+        """The export child's spec (appliance/child_protocol.py ExportSpec)."""
+        return self.tmp / f"export-{_check_id(artifact_id)}.json"
 
     @property
     def serving_lock(self) -> Path:
@@ -117,6 +220,6 @@ class Paths:
         return path
 
     def ensure(self) -> None:
-        for d in (self.root, self.datasets, self.models, self.tmp, self.root / "runs", self.root / "artifacts"):
+        for d in (self.root, self.datasets, self.models, self.tmp, self.runs, self.artifacts, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -37,7 +37,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.child_protocol import ServingSpec
 
 # How far back "recent" reaches for the minimum share. Short enough that continuous kiosk traffic gives
 # training its share within seconds (with 60 s, a run measured here starved for over a minute at the onset
@@ -157,11 +160,11 @@ class ServingGate:
         self.paused_s = 0.0  # total, for the run's record
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any] | None) -> ServingGate:
+    def from_spec(cls, spec: ServingSpec | None) -> ServingGate:
         """From the `serving` part of a child's spec (the worker's `serving_spec()`); none: never waits."""
-        if not spec:
+        if spec is None:
             return cls(None, enabled=False)
-        return cls(Path(spec["lock"]), enabled=bool(spec["enabled"]), min_share=float(spec["min_share"]))
+        return cls(spec.lock, enabled=spec.enabled, min_share=spec.min_share)
 
     def wait(self) -> float:
         if not self.enabled:

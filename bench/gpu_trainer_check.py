@@ -60,7 +60,7 @@ def train(spec_file: Path) -> tuple[subprocess.CompletedProcess[str], list[dict[
 def check(work: Path, name: str, extra: dict[str, Any]) -> dict[str, Any]:
     run_dir = work / name
     run_dir.mkdir()
-    spec = {"run_dir": str(run_dir), "hf_dir": str(work / "hf"), "dataset_path": str(work / "ds.jsonl"),
+    spec = {"run_id": name, "run_dir": str(run_dir), "hf_dir": str(work / "hf"), "dataset_path": str(work / "ds.jsonl"),
             "config": {"max_steps": 40, "save_steps": 20, "cutoff_len": 128, "per_device_train_batch_size": 8,
                        "learning_rate": 2e-3, "lora_rank": 16, "seed": 1, **extra}}
     (run_dir / "spec.json").write_text(json.dumps(spec))

@@ -76,7 +76,7 @@ def _code_hash() -> str:
     root = Path(__file__).resolve().parent.parent / "appliance"
     digest = hashlib.sha256()
     for f in sorted([*root.glob("trainer/*.py"), *root.glob("export/*.py"), *root.glob("jobs/*.py"),
-                     root / "worker" / "worker.py"]):
+                     *root.glob("worker/*.py"), root / "child_protocol.py", root / "paths.py"]):
         digest.update(f.read_bytes())
     digest.update(json.dumps(FINETUNE_CONFIG, sort_keys=True).encode())
     return digest.hexdigest()[:12]

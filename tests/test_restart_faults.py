@@ -67,10 +67,10 @@ def test_a_job_whose_worker_process_is_gone_is_taken_back_at_once(api: TestClien
     assert run.status_code == 201 and art.status_code == 202, (run.text, art.text)
 
     # A live worker (this process, started before the heartbeat) keeps its jobs.
-    assert runs.claim_next(engine=engine, pid=os.getpid()) is not None
-    assert exports.claim_next(engine=engine, pid=os.getpid()) is not None
-    assert runs.reclaim_stale(engine=engine, stale_after_s=NEVER_STALE) == []
-    assert exports.reclaim_stale(engine=engine, paths=runtime.paths, stale_after_s=NEVER_STALE) == []
+    assert runs.QUEUE.claim(engine=engine, pid=os.getpid()) is not None
+    assert exports.QUEUE.claim(engine=engine, pid=os.getpid()) is not None
+    assert runs.QUEUE.reclaim_stale(engine=engine, stale_after_s=NEVER_STALE) == []
+    assert exports.QUEUE.reclaim_stale(engine=engine, stale_after_s=NEVER_STALE) == []
 
     # Its process gone (killed, power cut): both are back in the queue at once.
     gone = dead_pid()
@@ -78,8 +78,8 @@ def test_a_job_whose_worker_process_is_gone_is_taken_back_at_once(api: TestClien
         for job in (session.get(Run, run.json()["id"]), session.get(Artifact, art.json()["id"])):
             assert job is not None
             job.worker_pid = gone
-    assert runs.reclaim_stale(engine=engine, stale_after_s=NEVER_STALE) == [run.json()["id"]]
-    assert exports.reclaim_stale(engine=engine, paths=runtime.paths, stale_after_s=NEVER_STALE) == [art.json()["id"]]
+    assert runs.QUEUE.reclaim_stale(engine=engine, stale_after_s=NEVER_STALE) == [run.json()["id"]]
+    assert exports.QUEUE.reclaim_stale(engine=engine, stale_after_s=NEVER_STALE) == [art.json()["id"]]
     assert api.get(f"/api/runs/{run.json()['id']}").json()["status"] == "queued"
     assert api.get(f"/api/artifacts/{art.json()['id']}").json()["status"] == "pending"
     assert f"worker pid {gone} is gone; resuming" in events_of(runtime, run.json()["id"])
@@ -88,13 +88,13 @@ def test_a_job_whose_worker_process_is_gone_is_taken_back_at_once(api: TestClien
     # worker after a restart): gone too.
     newcomer = subprocess.Popen(["sleep", "60"])
     try:
-        claimed = runs.claim_next(engine=engine, pid=newcomer.pid)
+        claimed = runs.QUEUE.claim(engine=engine, pid=newcomer.pid)
         assert claimed is not None
         with write_session(engine) as session:
             job = session.get(Run, claimed.id)
             assert job is not None
             job.heartbeat_at = now() - timedelta(minutes=5)
-        assert runs.reclaim_stale(engine=engine, stale_after_s=NEVER_STALE) == [claimed.id]
+        assert runs.QUEUE.reclaim_stale(engine=engine, stale_after_s=NEVER_STALE) == [claimed.id]
     finally:
         newcomer.kill()
         newcomer.wait()

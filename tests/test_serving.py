@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.child_protocol import ServingSpec
 from appliance.serving import KioskPriority, ServingGate, Signal, is_held, lower_priority
 
 HOLD = """
@@ -139,7 +140,7 @@ def test_continuous_kiosk_traffic_leaves_background_work_its_minimum_share(tmp_p
 
 
 def test_gate_is_off_when_serving_priority_is_off() -> None:
-    gate = ServingGate.from_spec({"lock": "/nonexistent", "enabled": False, "min_share": 0.2})
+    gate = ServingGate.from_spec(ServingSpec(lock=Path("/nonexistent"), enabled=False, min_share=0.2))
     assert not gate.enabled and gate.wait() == 0.0
     assert not ServingGate.from_spec(None).enabled
 
@@ -163,10 +164,10 @@ def test_the_worker_remembers_that_a_childs_output_ended_before_it_exited(runtim
 
     child = subprocess.Popen([sys.executable, "-c", "import os, time; os.close(1); time.sleep(2)"],
                              stdout=subprocess.PIPE, text=True)
-    job = Job("run_x", child, 0)
+    worker = Worker(runtime)
+    job = Job("run_x", worker.kinds[0], child)
     assert child.stdout is not None
     threading.Thread(target=_pump, args=(child.stdout, job.lines), daemon=True).start()
-    worker = Worker(runtime)
     deadline = time.monotonic() + 60
     while not worker._relay(job):  # the end of output, read while the child still sleeps
         assert time.monotonic() < deadline

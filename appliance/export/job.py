@@ -2,13 +2,11 @@
 lines on stdout (progress, done, error) and writes only inside its work folder; the worker moves
 the files into `artifacts/` and records them once the child has said `done`.
 
-Spec keys: artifact_id, kind (gguf | gguf-adapter), type, name, work_dir, base_hf_dir, and for a
-run's export adapter_dir and merged_dir (a merged folder already on disk, reused when present).
+The spec and the messages are appliance/child_protocol.py's ExportSpec and ExportMessage.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -17,13 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.child_protocol import ExportDone, ExportSpec, Failed, Progress, emit, read_spec
 from appliance.errors import ApplianceError
 from appliance.fsutil import describe_no_space
 from appliance.serving import ServingGate
-
-
-def emit(kind: str, **fields: Any) -> None:
-    print(json.dumps({"type": kind, **fields}), flush=True)
 
 
 class Reporter:
@@ -43,7 +38,7 @@ class Reporter:
                 now = time.monotonic()
                 if fraction >= 1.0 or now - self.last > 0.5:
                     self.last = now
-                    emit("progress", stage=stage, progress=round(value, 4), detail=detail)
+                    emit(Progress(stage=stage, progress=min(round(value, 4), 1.0), detail=detail))
                 return
             start += share
 
@@ -56,19 +51,18 @@ def _limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(spec: ExportSpec) -> dict[str, Any]:
+    """The export's files, written into spec.work_dir -> ExportDone's fields."""
     from appliance.export import merge, verify
     from appliance.export.adapter import write_adapter_gguf
     from appliance.export.gguf_write import DIRECT_TYPES, write_gguf
     from appliance.export.modelfile import render_modelfile
     from appliance.export.quantize import quantize
 
-    work = Path(spec["work_dir"])
-    base_hf = Path(spec["base_hf_dir"])
-    adapter = Path(spec["adapter_dir"]) if spec.get("adapter_dir") else None
-    kind, out_type, name = spec["kind"], spec["type"], spec["name"]
+    work, base_hf, adapter = spec.work_dir, spec.base_hf_dir, spec.adapter_dir
+    kind, out_type, name = spec.kind, spec.type, spec.name
     result: dict[str, Any] = {"files": []}
-    gate = ServingGate.from_spec(spec.get("serving"))
+    gate = ServingGate.from_spec(spec.serving)
 
     if kind == "gguf-adapter":
         assert adapter is not None
@@ -93,8 +87,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     direct = out_type in DIRECT_TYPES
     report = Reporter([("merge", 0.25), ("write", 0.35 if direct else 0.2), ("quantize", 0.0 if direct else 0.15),
                        ("verify", 0.4)], gate)
-    merged_dir = Path(spec["merged_dir"]) if spec.get("merged_dir") else None
-    template = spec.get("chat_template")  # the run's recorded template; None: the folder's own
+    merged_dir = spec.merged_dir
+    template = spec.chat_template  # the run's recorded template; None: the folder's own
     if adapter is not None and merged_dir is None:
         model = merge.merge(base_hf, adapter)
         src = work / "merged"
@@ -132,7 +126,11 @@ def describe(exc: BaseException, work_dir: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    spec = json.loads(Path(argv[0]).read_text())
+    try:
+        spec = read_spec(Path(argv[0]), ExportSpec)
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError naming every bad key
+        emit(Failed(message=f"the export spec {argv[0]} cannot be read: {exc}"))
+        return 2
     _limit_file_size()
     try:
         result = run(spec)
@@ -140,10 +138,10 @@ def main(argv: list[str]) -> int:
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-        emit("error", message=describe(exc, Path(spec["work_dir"])))
+        emit(Failed(message=describe(exc, spec.work_dir)))
         return 1
     if result.get("failure"):
-        emit("error", message=result["failure"], verification=result.get("verification"))
+        emit(Failed(message=result["failure"], verification=result.get("verification")))
         return 1
-    emit("done", **result)
+    emit(ExportDone.model_validate(result))
     return 0

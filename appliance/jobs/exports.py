@@ -3,7 +3,8 @@ bad request is a 422 at once and records nothing), claim, progress, finish, dele
 
 An export is restartable from scratch, so a worker that died mid-export simply leaves it to be
 claimed again; its half-written work folder is removed first. Files reach `artifacts/<id>/` only by
-a rename of the complete work folder, after the child said `done` and passed verification.
+a rename of the complete work folder, after the child said `done` and passed verification. The queue
+(`QUEUE`) follows the one contract of appliance/jobs/queue.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import shutil
 import uuid
-from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,15 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from appliance import fsutil
+from appliance.child_protocol import ExportDone, ExportSpec, ServingSpec
 from appliance.db import events
 from appliance.db.engine import write_session
-from appliance.db.status import ArtifactStatus, RunStatus, transition
+from appliance.db.status import ArtifactStatus, RunStatus
 from appliance.db.tables import Artifact, Deployment, ModelRecord, Run
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
-from appliance.jobs.common import worker_gone
+from appliance.jobs.queue import Beat, JobQueue
 from appliance.models.inspect import read_chat_template
 from appliance.paths import Paths
 
@@ -35,11 +36,33 @@ KINDS = ("adapter", "merged", "gguf", "gguf-adapter")
 ADAPTER_TYPES = ("f32", "f16")
 
 
+# --- the queue (appliance/jobs/queue.py) ----------------------------------------------------
+
+
+def _on_claim(art: Artifact) -> None:
+    art.started_at, art.stage, art.progress = _now(), "starting", 0.0
+
+
+def _on_release(art: Artifact) -> None:
+    art.stage, art.progress = "queued", 0.0
+
+
+def _on_beat(art: Artifact, beat: Beat) -> None:
+    if beat.stage is not None:
+        art.stage = beat.stage
+    if beat.progress is not None:
+        art.progress = beat.progress
+
+
+# An export taken back restarts from scratch (its work folder is removed first).
+QUEUE = JobQueue(table=Artifact, entity="artifact", waiting=ArtifactStatus.pending, running=ArtifactStatus.running,
+                 succeeded=ArtifactStatus.ready, failed=ArtifactStatus.failed, restart="export will restart",
+                 on_claim=_on_claim, on_release=_on_release, on_beat=_on_beat)
+
+
 def get_artifact(session: Session, artifact_id: str) -> Artifact:
-    art = session.get(Artifact, artifact_id)
-    if art is None:
-        raise NotFoundError(f"no artifact with id {artifact_id!r}")
-    return art
+    """The artifact; NotFoundError (404) when there is none."""
+    return QUEUE.get(session, artifact_id)
 
 
 def list_artifacts(session: Session, *, kind: str | None = None, run_id: str | None = None) -> list[Artifact]:
@@ -49,11 +72,6 @@ def list_artifacts(session: Session, *, kind: str | None = None, run_id: str | N
     if run_id:
         query = query.where(Artifact.run_id == run_id)
     return list(session.exec(query))
-
-
-def _move(session: Session, art: Artifact, new: ArtifactStatus, message: str) -> None:
-    art.status = transition(ArtifactStatus(art.status), new)
-    events.record(session, kind=f"artifact.{new}", entity_type="artifact", entity_id=art.id, message=message)
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -141,68 +159,8 @@ def _check_adapter(adapter_dir: Path, sha256: str | None) -> None:
         raise _bad("run_id", f"the run's adapter {weights} does not match its recorded sha256 (corrupt)")
 
 
-# --- the queue --------------------------------------------------------------------------------
-
-
-def claim_next(*, engine: Engine, pid: int) -> Artifact | None:
-    with write_session(engine) as session:
-        art = session.exec(
-            select(Artifact).where(Artifact.status == ArtifactStatus.pending)
-            .order_by(col(Artifact.created_at)).limit(1)
-        ).first()
-        if art is None:
-            return None
-        _move(session, art, ArtifactStatus.running, f"claimed by worker pid {pid}")
-        art.worker_pid, art.heartbeat_at, art.attempts = pid, _now(), art.attempts + 1
-        art.started_at, art.stage, art.progress = _now(), "starting", 0.0
-        session.flush()
-        session.expunge(art)
-        return art
-
-
-def heartbeat(*, engine: Engine, artifact_id: str, stage: str | None = None, progress: float | None = None) -> str:
-    with write_session(engine) as session:
-        art = get_artifact(session, artifact_id)
-        art.heartbeat_at = _now()
-        if stage is not None:
-            art.stage = stage
-        if progress is not None:
-            art.progress = progress
-        return str(art.status)
-
-
-def reclaim_stale(*, engine: Engine, paths: Paths, stale_after_s: float) -> list[str]:
-    """Exports whose worker is gone (its process no longer exists) or went silent go back to pending
-    (they restart from scratch)."""
-    cutoff = _now() - timedelta(seconds=stale_after_s)
-    out = []
-    with write_session(engine) as session:
-        for art in session.exec(select(Artifact).where(Artifact.status == ArtifactStatus.running)):
-            beat = art.heartbeat_at.replace(tzinfo=UTC) if art.heartbeat_at else None
-            gone = worker_gone(art.worker_pid, art.heartbeat_at)
-            if gone or beat is None or beat < cutoff:
-                why = "is gone" if gone else "went silent"
-                _move(session, art, ArtifactStatus.pending, f"worker pid {art.worker_pid} {why}; export will restart")
-                art.worker_pid, art.stage, art.progress = None, "queued", 0.0
-                out.append(art.id)
-    for art_id in out:
-        shutil.rmtree(work_dir(paths, art_id), ignore_errors=True)
-    return out
-
-
-def requeue(*, engine: Engine, artifact_id: str, reason: str) -> None:
-    with write_session(engine) as session:
-        art = get_artifact(session, artifact_id)
-        if art.status == ArtifactStatus.running:
-            _move(session, art, ArtifactStatus.pending, reason)
-            art.worker_pid, art.stage, art.progress = None, "queued", 0.0
-
-
-def work_dir(paths: Paths, artifact_id: str) -> Path:
-    return paths.tmp / f"export-{artifact_id}"
-
-
-def spec_for(*, engine: Engine, paths: Paths, art: Artifact) -> dict[str, Any]:
+def spec_for(*, engine: Engine, paths: Paths, art: Artifact, serving: ServingSpec | None) -> ExportSpec:
+    """The export child's spec for a claimed artifact."""
     with Session(engine) as session:
         model = session.get(ModelRecord, art.base_model_id)
         assert model is not None and model.hf_path is not None
@@ -210,15 +168,15 @@ def spec_for(*, engine: Engine, paths: Paths, art: Artifact) -> dict[str, Any]:
         if art.run_id is not None:
             merged = session.exec(select(Artifact).where(Artifact.run_id == art.run_id, Artifact.kind == "merged",
                                                          Artifact.status == "ready")).first()
-    extra = json.loads(art.spec_json or "{}")
-    return {
-        "artifact_id": art.id, "kind": art.kind, "type": art.type, "name": _safe_name(art.name or art.id),
-        "work_dir": str(work_dir(paths, art.id)), "base_hf_dir": str(paths.resolve(model.hf_path)),
-        "adapter_dir": extra.get("adapter_dir"),
-        "merged_dir": str(paths.resolve(merged.path)) if merged is not None and merged.path else None,
+    extra = json.loads(art.spec_json or "{}")  # what request_export recorded
+    return ExportSpec(
+        artifact_id=art.id, kind=art.kind, type=art.type, name=_safe_name(art.name or art.id),  # type: ignore[arg-type]
+        work_dir=paths.export_work_dir(art.id), base_hf_dir=paths.resolve(model.hf_path),
+        adapter_dir=extra.get("adapter_dir"),
+        merged_dir=paths.resolve(merged.path) if merged is not None and merged.path else None,
         # The template the run trained with goes into the merged folder, the GGUF and the Modelfile.
-        "chat_template": run.chat_template if run is not None else None,
-    }
+        chat_template=run.chat_template if run is not None else None, serving=serving,
+    )
 
 
 def _safe_name(name: str) -> str:
@@ -226,31 +184,33 @@ def _safe_name(name: str) -> str:
     return cleaned[:64] or "model"
 
 
-def finish(*, engine: Engine, paths: Paths, artifact_id: str, ok: bool, result: dict[str, Any] | None = None,
-           error: str | None = None) -> str:
-    work = work_dir(paths, artifact_id)
-    verification = (result or {}).get("verification")
-    if ok and result is not None:
+def finish(*, engine: Engine, paths: Paths, artifact_id: str, done: ExportDone | None, error: str | None = None,
+           verification: dict[str, Any] | None = None) -> str:
+    """Publish what the child said `done` with (ready), or record why it failed (with the verification
+    figures of a file that failed it). An export taken back meanwhile keeps its status."""
+    work = paths.export_work_dir(artifact_id)
+    if done is not None:
         try:
-            return _publish(engine=engine, paths=paths, artifact_id=artifact_id, work=work, result=result)
+            return _publish(engine=engine, paths=paths, artifact_id=artifact_id, work=work, done=done)
         except OSError as exc:
             error = fsutil.describe_no_space(exc, work) or f"could not store the export: {exc}"
+        verification = done.verification
     shutil.rmtree(work, ignore_errors=True)
     with write_session(engine) as session:
-        art = get_artifact(session, artifact_id)
-        art.error = error or "the export process failed"
+        art = QUEUE.still_running(session, artifact_id)
+        if art is None:
+            return str(get_artifact(session, artifact_id).status)
         art.verification_json = json.dumps(verification) if verification else art.verification_json
-        art.finished_at, art.worker_pid = _now(), None
-        _move(session, art, ArtifactStatus.failed, art.error)
+        QUEUE.end(session, art, ok=False, message=error or "the export process failed")
         return str(art.status)
 
 
-def _publish(*, engine: Engine, paths: Paths, artifact_id: str, work: Path, result: dict[str, Any]) -> str:
-    main = work / result["main"]
+def _publish(*, engine: Engine, paths: Paths, artifact_id: str, work: Path, done: ExportDone) -> str:
+    main = work / done.main
     size, digest = main.stat().st_size, fsutil.sha256_file(main)
     merged_id = None
-    merged_src = work / "merged"
-    if result.get("merged") and merged_src.is_dir():
+    merged_src = work / (done.merged or "merged")
+    if done.merged and merged_src.is_dir():
         merged_id = f"art_{uuid.uuid4().hex[:12]}"
         merged_dst = paths.artifact_dir(merged_id)
         merged_dst.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +223,7 @@ def _publish(*, engine: Engine, paths: Paths, artifact_id: str, work: Path, resu
     for f in work.iterdir():
         if f.is_dir():
             shutil.rmtree(f, ignore_errors=True)  # nothing but the listed files is published
-        elif f.name not in result["files"]:
+        elif f.name not in done.files:
             f.unlink()
     for f in work.iterdir():
         with f.open("rb") as fh:
@@ -272,13 +232,14 @@ def _publish(*, engine: Engine, paths: Paths, artifact_id: str, work: Path, resu
     fsutil.fsync_dir(final.parent)
     with write_session(engine) as session:
         art = get_artifact(session, artifact_id)
-        art.path = paths.rel(final / result["main"])
+        art.path = paths.rel(final / done.main)
         art.size, art.sha256 = size, digest
-        art.verification_json = json.dumps(result.get("verification"))
-        art.finished_at, art.worker_pid, art.progress, art.stage = _now(), None, 1.0, "done"
-        fig = result.get("verification") or {}
-        _move(session, art, ArtifactStatus.ready,
-              f"{art.kind} {art.type} ready: {size} bytes, top-1 agreement {fig.get('top1_agreement', 0):.1%}")
+        art.verification_json = json.dumps(done.verification)
+        art.progress, art.stage = 1.0, "done"
+        fig = done.verification
+        QUEUE.end(session, art, ok=True,
+                  message=f"{art.kind} {art.type} ready: {size} bytes, top-1 agreement "
+                          f"{fig.get('top1_agreement', 0):.1%}")
         if merged_id is not None:
             session.add(Artifact(id=merged_id, kind="merged", type="safetensors-f32", status="ready",
                                  run_id=art.run_id, base_model_id=art.base_model_id, name=art.name,

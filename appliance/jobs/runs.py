@@ -1,5 +1,6 @@
-"""Runs: creation (config + pre-flight), the queue (atomic claim, heartbeat, reclaim), progress
-records (metrics, checkpoints) and the end of a run. Every status change goes through transition()."""
+"""Runs: creation (config + pre-flight), their queue (`QUEUE`: claim, heartbeat, reclaim, requeue; the
+contract is appliance/jobs/queue.py), progress records (metrics, checkpoints) and the end of a run. Every
+status change goes through transition()."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,18 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from appliance import fsutil
+from appliance.child_protocol import DataReport, Metric
 from appliance.datasets.stats import pick_model
 from appliance.db import events
 from appliance.db.engine import write_session
-from appliance.db.status import RunStatus, transition
+from appliance.db.status import RunStatus
 from appliance.db.tables import Artifact, Checkpoint, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric
-from appliance.errors import ConflictError, NotFoundError
+from appliance.errors import ConflictError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
-from appliance.jobs.common import worker_gone
+from appliance.jobs.queue import Beat, JobQueue
 from appliance.models.templates import choose_template
-from appliance.paths import Paths
+from appliance.paths import CheckpointDir, Paths
 from appliance.trainer import preflight
 from appliance.trainer.config import TrainConfig, load_preset, parse_config
 from appliance.trainer.targets import check_targets
@@ -34,11 +35,26 @@ from appliance.trainer.targets import check_targets
 TERMINAL = {RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled}
 
 
+# --- the queue (appliance/jobs/queue.py) ---------------------------------------------------
+
+
+def _on_claim(run: Run) -> None:
+    run.started_at = run.started_at or _now()
+
+
+def _on_beat(run: Run, beat: Beat) -> None:
+    run.paused_for_serving_s += beat.paused_s
+
+
+# A run taken back resumes from its last recorded checkpoint.
+QUEUE = JobQueue(table=Run, entity="run", waiting=RunStatus.queued, running=RunStatus.running,
+                 succeeded=RunStatus.succeeded, failed=RunStatus.failed, restart="resuming", on_claim=_on_claim,
+                 on_beat=_on_beat)
+
+
 def get_run(session: Session, run_id: str) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFoundError(f"no run with id {run_id!r}")
-    return run
+    """The run; NotFoundError (404) when there is none."""
+    return QUEUE.get(session, run_id)
 
 
 @dataclass(frozen=True)
@@ -129,19 +145,13 @@ def create_run(
         return get_run(session, run.id)
 
 
-def _move(session: Session, run: Run, new: RunStatus, message: str) -> None:
-    run.status = transition(RunStatus(run.status), new)
-    session.add(run)
-    events.record(session, kind=f"run.{new}", entity_type="run", entity_id=run.id, message=message)
-
-
 def cancel_run(*, engine: Engine, run_id: str) -> Run:
     """Queued runs are cancelled at once; a running one's worker sees it and stops the child."""
     with write_session(engine) as session:
         run = get_run(session, run_id)
         if RunStatus(run.status) in TERMINAL:
             raise ConflictError(f"run {run_id} is already {run.status}")
-        _move(session, run, RunStatus.cancelled, "cancelled by the user")
+        QUEUE.move(session, run, RunStatus.cancelled, "cancelled by the user")
         run.finished_at = _now()
     with Session(engine) as session:
         return get_run(session, run_id)
@@ -153,7 +163,7 @@ def retry_run(*, engine: Engine, run_id: str) -> Run:
         run = get_run(session, run_id)
         if RunStatus(run.status) not in (RunStatus.failed, RunStatus.cancelled):
             raise ConflictError(f"only failed or cancelled runs can be retried; {run_id} is {run.status}")
-        _move(session, run, RunStatus.queued, "queued again by the user")
+        QUEUE.move(session, run, RunStatus.queued, "queued again by the user")
         run.error, run.finished_at = None, None
     with Session(engine) as session:
         return get_run(session, run_id)
@@ -173,97 +183,39 @@ def delete_run(*, engine: Engine, paths: Paths, run_id: str) -> None:
     shutil.rmtree(paths.run_dir(run_id), ignore_errors=True)
 
 
-# --- the queue -------------------------------------------------------------------------------
-
-
-def claim_next(*, engine: Engine, pid: int) -> Run | None:
-    """The oldest queued run, moved to running inside one BEGIN IMMEDIATE: two workers never
-    claim the same run."""
-    with write_session(engine) as session:
-        run = session.exec(
-            select(Run).where(Run.status == RunStatus.queued).order_by(col(Run.created_at)).limit(1)
-        ).first()
-        if run is None:
-            return None
-        _move(session, run, RunStatus.running, f"claimed by worker pid {pid}")
-        run.worker_pid, run.heartbeat_at, run.attempts = pid, _now(), run.attempts + 1
-        run.started_at = run.started_at or _now()
-        run_id = run.id
-    with Session(engine) as session:
-        return get_run(session, run_id)
-
-
-def heartbeat(*, engine: Engine, run_id: str, paused_s: float = 0.0) -> str:
-    """Refresh the heartbeat and add the seconds the run waited for kiosks since the last one; returns the
-    run's status (the worker stops a cancelled run)."""
-    with write_session(engine) as session:
-        run = get_run(session, run_id)
-        if run.status == RunStatus.running:
-            run.heartbeat_at = _now()
-            run.paused_for_serving_s += paused_s
-            session.add(run)
-        return str(run.status)
-
-
-def reclaim_stale(*, engine: Engine, stale_after_s: float) -> list[str]:
-    """Running runs whose worker is gone (killed, power cut: its process no longer exists) or went
-    silent (hung) go back to the queue."""
-    limit = _now() - timedelta(seconds=stale_after_s)
-    with write_session(engine) as session:
-        stale = []
-        for run in session.exec(select(Run).where(Run.status == RunStatus.running)):
-            if worker_gone(run.worker_pid, run.heartbeat_at):
-                stale.append((run, f"worker pid {run.worker_pid} is gone; resuming"))
-            elif run.heartbeat_at is None or run.heartbeat_at.replace(tzinfo=UTC) < limit:
-                stale.append((run, f"worker pid {run.worker_pid} went silent; resuming"))
-        for run, why in stale:
-            _move(session, run, RunStatus.queued, why)
-            run.worker_pid = None
-        return [r.id for r, _ in stale]
-
-
-def requeue(*, engine: Engine, run_id: str, reason: str) -> None:
-    """A run whose worker is stopping goes back to the queue (it resumes from its checkpoint)."""
-    with write_session(engine) as session:
-        run = get_run(session, run_id)
-        if run.status == RunStatus.running:
-            _move(session, run, RunStatus.queued, reason)
-            run.worker_pid = None
-
-
 # --- progress --------------------------------------------------------------------------------
 
 
-def record_metric(*, engine: Engine, run_id: str, metric: dict[str, Any]) -> None:
-    fields = {k: metric.get(k) for k in ("kind", "step", "loss", "learning_rate", "grad_norm", "tokens_per_s",
-                                         "tokens", "memory_mb", "epoch")}
+def record_metric(*, engine: Engine, run_id: str, metric: Metric) -> None:
+    """One step's (or evaluation's) figures; a resumed attempt's repeat of a step replaces it."""
+    fields = metric.model_dump(exclude={"type"})
     with write_session(engine) as session:
         session.exec(delete(RunMetric).where(col(RunMetric.run_id) == run_id).where(  # type: ignore[call-overload]
-            col(RunMetric.kind) == fields["kind"]).where(col(RunMetric.step) == fields["step"]))
+            col(RunMetric.kind) == metric.kind).where(col(RunMetric.step) == metric.step))
         session.add(RunMetric.model_validate({"run_id": run_id, **fields}))
-        if fields["kind"] == "train":
+        if metric.kind == "train":
             run = get_run(session, run_id)
-            run.step, run.loss = int(fields["step"]), float(fields["loss"])  # type: ignore[arg-type]
+            run.step, run.loss = metric.step, metric.loss
             session.add(run)
 
 
-def record_data(*, engine: Engine, run_id: str, report: dict[str, Any]) -> None:
+def record_data(*, engine: Engine, run_id: str, report: DataReport) -> None:
     """The trainer's DataReport (trainer/rows.py): rows truncated or dropped at cutoff_len. A resumed
     attempt reports the same rows again; the event is recorded once."""
-    fields = {k: v for k, v in report.items() if k != "type"}
-    encoded = json.dumps(fields)
+    encoded = json.dumps(report.model_dump(exclude={"type"}))
     with write_session(engine) as session:
         run = get_run(session, run_id)
         if run.data_report_json == encoded:
             return
         run.data_report_json = encoded
         session.add(run)
-        cut, dropped = int(fields.get("truncated_count", 0)), int(fields.get("dropped_count", 0))
+        cut, dropped = report.truncated_count, report.dropped_count
         if cut or dropped:
-            named = {k: [n["row"] for n in fields.get(k, [])][:20] for k in ("truncated", "dropped")}
+            named = {k: [n.row for n in notes][:20] for k, notes in (("truncated", report.truncated),
+                                                                      ("dropped", report.dropped))}
             events.record(session, kind="run.data", entity_type="run", entity_id=run_id,
-                          message=f"{fields.get('used')} of {fields.get('rows')} rows used at cutoff_len "
-                                  f"{fields.get('cutoff_len')}: {cut} truncated (rows {named['truncated']}), "
+                          message=f"{report.used} of {report.rows} rows used at cutoff_len "
+                                  f"{report.cutoff_len}: {cut} truncated (rows {named['truncated']}), "
                                   f"{dropped} dropped (rows {named['dropped']})")
 
 
@@ -293,7 +245,7 @@ def latest_checkpoint(*, engine: Engine, paths: Paths, run_id: str) -> tuple[int
         ))
     for ckpt in ckpts:
         path = paths.resolve(ckpt.path)
-        if all((path / f).exists() for f in ("state.json", "optimizer.pt", "rng.pt", "adapter")):
+        if CheckpointDir(path).complete():
             return ckpt.step, path
     return None
 
@@ -313,10 +265,9 @@ def finish_run(
 ) -> str:
     """Record how the child ended. A run cancelled meanwhile stays cancelled."""
     with write_session(engine) as session:
-        run = get_run(session, run_id)
-        if run.status != RunStatus.running:
-            return str(run.status)
-        run.finished_at, run.worker_pid = _now(), None
+        run = QUEUE.still_running(session, run_id)
+        if run is None:
+            return str(get_run(session, run_id).status)
         run.paused_for_serving_s += paused_s
         if ok and adapter is not None:
             weights = adapter / "adapter_model.safetensors"
@@ -326,8 +277,7 @@ def finish_run(
                 sha256=fsutil.sha256_file(weights),
             ))
             run.result_json = json.dumps(result or {})
-            _move(session, run, RunStatus.succeeded, f"finished at step {run.step}, loss {run.loss}")
+            QUEUE.end(session, run, ok=True, message=f"finished at step {run.step}, loss {run.loss}")
         else:
-            run.error = error or "the training process failed"
-            _move(session, run, RunStatus.failed, run.error)
+            QUEUE.end(session, run, ok=False, message=error or "the training process failed")
         return str(run.status)

@@ -23,10 +23,21 @@ from typing import Any
 import torch
 
 from appliance import fsutil
+from appliance.child_protocol import (
+    CheckpointSaved,
+    DataReport,
+    Failed,
+    Metric,
+    Plan,
+    TrainDone,
+    TrainSpec,
+    emit,
+    read_spec,
+)
 from appliance.models.chat import ChatTokenizer
+from appliance.paths import CheckpointDir, RunDir
 from appliance.serving import ServingGate
 from appliance.trainer import data, rows
-from appliance.trainer.config import TrainConfig
 from appliance.trainer.loss import CHUNK_ROWS, label_loss
 from appliance.trainer.model import load, parts, pick_device
 from appliance.trainer.parallel import ShardPool, can_shard
@@ -34,10 +45,6 @@ from appliance.trainer.parallel import ShardPool, can_shard
 
 class TrainingError(Exception):
     """A run that must stop, with a message for the user."""
-
-
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"type": event, **fields}), flush=True)
 
 
 def log(message: str) -> None:
@@ -106,23 +113,24 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model: Any, opt: Any, sched: Any, extra: dict[str, Any]) -> Path:
+def save_checkpoint(run_dir: RunDir, step: int, model: Any, opt: Any, sched: Any, extra: dict[str, Any]) -> Path:
     """Adapter, optimizer, scheduler, RNG and position, written aside and renamed in when complete."""
-    final = run_dir / "checkpoints" / f"step-{step:07d}"
-    with fsutil.temp_path(run_dir / "tmp") as tmp:
-        tmp.mkdir()
-        model.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        torch.save(sched.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(pick_device()), tmp / "rng.pt")
+    final = run_dir.checkpoint(step).root
+    with fsutil.temp_path(run_dir.tmp) as tmp_root:
+        tmp_root.mkdir()
+        tmp = CheckpointDir(tmp_root)
+        model.save_pretrained(str(tmp.adapter), save_embedding_layers=False)
+        torch.save(opt.state_dict(), tmp.optimizer)
+        torch.save(sched.state_dict(), tmp.scheduler)
+        torch.save(_rng_state(pick_device()), tmp.rng)
         if os.environ.get("APPLIANCE_FAULT_POWER_CUT_IN_CHECKPOINT") == str(step):
             # Fault injection for the crash tests: a power cut in the middle of a checkpoint write.
             os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
-        (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
+        tmp.state.write_text(json.dumps({"step": step, **extra}))
         if final.exists():  # an earlier attempt's, never recorded (it died before the worker saw it)
             shutil.rmtree(final)
-        fsutil.publish(tmp, final)
+        fsutil.publish(tmp_root, final)
     return final
 
 
@@ -130,12 +138,13 @@ def load_checkpoint(path: Path, model: Any, opt: Any, sched: Any) -> dict[str, A
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = json.loads((path / "state.json").read_text())
-    weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+    ckpt = CheckpointDir(path)
+    state = json.loads(ckpt.state.read_text())
+    weights = load_file(str(ckpt.adapter / "adapter_model.safetensors"))
     set_peft_model_state_dict(model, weights)
-    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    sched.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    opt.load_state_dict(torch.load(ckpt.optimizer, weights_only=False))
+    sched.load_state_dict(torch.load(ckpt.scheduler, weights_only=False))
+    _set_rng_state(torch.load(ckpt.rng, weights_only=False))
     return dict(state)
 
 
@@ -158,7 +167,7 @@ def report_data(report: rows.DataReport) -> None:
     for kind, notes in (("truncated", report.truncated), ("dropped", report.dropped)):
         for note in notes:
             log(f"row {note.row} {kind} ({note.tokens} tokens > cutoff_len {report.cutoff_len}): {note.detail}")
-    emit("data", **report.as_dict())
+    emit(DataReport.model_validate(report.as_dict()))
 
 
 def yield_to_kiosks(gate: ServingGate) -> None:
@@ -178,22 +187,22 @@ def evaluate(sharded: ShardedPass, examples: list[data.Example], batch_size: int
     return total / max(count, 1)
 
 
-def train(spec: dict[str, Any]) -> None:
+def train(spec: TrainSpec) -> None:
     from transformers import get_scheduler
 
-    cfg = TrainConfig.model_validate(spec["config"])
-    gate = ServingGate.from_spec(spec.get("serving"))  # waits between micro-batches while kiosks generate
-    run_dir = Path(spec["run_dir"])
+    cfg = spec.config
+    gate = ServingGate.from_spec(spec.serving)  # waits between micro-batches while kiosks generate
+    run_dir = RunDir(spec.run_dir)
     device = pick_device()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     # The template recorded with the run (models/templates.py); runs queued before it was recorded use
     # the model's own.
-    tok = ChatTokenizer(Path(spec["hf_dir"]), template=spec.get("chat_template"))
+    tok = ChatTokenizer(spec.hf_dir, template=spec.chat_template)
     if not tok.has_template:  # never train on a guessed format (a run queued before templates were recorded)
         raise TrainingError("the model has no chat template and the run names none; create the run again with "
                             "`template: chatml`")
-    examples, report = rows.load_examples(Path(spec["dataset_path"]), tok, cfg.cutoff_len, cfg.max_samples)
+    examples, report = rows.load_examples(spec.dataset_path, tok, cfg.cutoff_len, cfg.max_samples)
     report_data(report)
     train_set, val_set = data.split(examples, cfg.val_size, cfg.seed)
     if not train_set:
@@ -201,10 +210,10 @@ def train(spec: dict[str, Any]) -> None:
     plan = data.BatchPlan(train_set, cfg.per_device_train_batch_size, cfg.seed, cfg.packing)
     ga = cfg.gradient_accumulation_steps
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * math.ceil(plan.per_epoch / ga)))
-    emit("plan", max_steps=total, examples=len(train_set), val_examples=len(val_set))
+    emit(Plan(max_steps=total, examples=len(train_set), val_examples=len(val_set)))
     pad_id = tok.tokenizer.token_to_id(tok.special.get("pad_token") or tok.special.get("eos_token") or "") or 0
 
-    model = load(Path(spec["hf_dir"]), cfg, device)
+    model = load(spec.hf_dir, cfg, device)
     decoder, head = parts(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -216,8 +225,8 @@ def train(spec: dict[str, Any]) -> None:
     log(f"{pool.shards} shard(s) per batch, {pool.threads_per_shard} thread(s) each")
     state: dict[str, Any] = {"best_eval": None, "evals_since_best": 0}
     start = 0
-    if spec.get("resume_from"):
-        state = load_checkpoint(Path(spec["resume_from"]), model, opt, sched)
+    if spec.resume_from is not None:
+        state = load_checkpoint(spec.resume_from, model, opt, sched)
         start = int(state.pop("step"))
         log(f"resumed from step {start}")
     model.train()
@@ -244,15 +253,15 @@ def train(spec: dict[str, Any]) -> None:
         opt.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
         if step % cfg.logging_steps == 0 or step == total:
-            emit("metric", kind="train", step=step, loss=loss_value, learning_rate=lr, grad_norm=grad_norm,
-                 tokens_per_s=real_tokens / elapsed, tokens=real_tokens, memory_mb=peak_memory_mb(device),
-                 epoch=(step * ga) / plan.per_epoch)
+            emit(Metric(kind="train", step=step, loss=loss_value, learning_rate=lr, grad_norm=grad_norm,
+                        tokens_per_s=real_tokens / elapsed, tokens=real_tokens, memory_mb=peak_memory_mb(device),
+                        epoch=(step * ga) / plan.per_epoch))
         stop = False
         if val_set and (step % eval_every == 0 or step == total):
             model.eval()
             eval_loss = evaluate(sharded, val_set, cfg.per_device_train_batch_size, gate)
             model.train()
-            emit("metric", kind="eval", step=step, loss=eval_loss)
+            emit(Metric(kind="eval", step=step, loss=eval_loss))
             if state["best_eval"] is None or eval_loss < state["best_eval"]:
                 state["best_eval"], state["evals_since_best"] = eval_loss, 0
             else:
@@ -260,19 +269,19 @@ def train(spec: dict[str, Any]) -> None:
             stop = cfg.early_stopping_steps is not None and state["evals_since_best"] >= cfg.early_stopping_steps
         if step % cfg.save_steps == 0 and step < total and not stop:
             path = save_checkpoint(run_dir, step, model, opt, sched, state)
-            emit("checkpoint", step=step, path=str(path))
+            emit(CheckpointSaved(step=step, path=path))
         if stop:
             log(f"early stop at step {step}: eval loss has not improved in {cfg.early_stopping_steps} evals")
             break
     pool.close()
-    with fsutil.temp_path(run_dir / "tmp") as tmp:
+    with fsutil.temp_path(run_dir.tmp) as tmp:
         # peft would add the whole frozen lm_head to an adapter with a LoRA on it ("auto"); it is the base's.
         model.save_pretrained(str(tmp), save_embedding_layers=False)
-        if (run_dir / "adapter").exists():  # left by a crash after publishing, before recording
-            shutil.rmtree(run_dir / "adapter")
-        fsutil.publish(tmp, run_dir / "adapter")
+        if run_dir.adapter.exists():  # left by a crash after publishing, before recording
+            shutil.rmtree(run_dir.adapter)
+        fsutil.publish(tmp, run_dir.adapter)
     log(f"waited {gate.paused_s:.1f} s between steps for kiosk requests in this attempt")
-    emit("done", adapter=str(run_dir / "adapter"), steps=step, best_eval=state["best_eval"])
+    emit(TrainDone(adapter=run_dir.adapter, steps=step, best_eval=state["best_eval"]))
 
 
 def main(argv: list[str]) -> int:
@@ -281,10 +290,14 @@ def main(argv: list[str]) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    spec = json.loads(Path(argv[0]).read_text())
+    try:
+        spec = read_spec(Path(argv[0]), TrainSpec)
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError naming every bad key
+        emit(Failed(message=f"the training spec {argv[0]} cannot be read: {exc}"))
+        return 2
     try:
         train(spec)
     except TrainingError as exc:
-        emit("error", message=str(exc))
+        emit(Failed(message=str(exc)))
         return 3
     return 0

@@ -1,1 +1,1 @@
-"""The worker: claims queued runs and supervises their training child process."""
+"""The worker: claims queued runs and exports and supervises their child processes (children.py)."""

@@ -114,7 +114,7 @@ async def events(run_id: str, request: Request, runtime: RuntimeDep,
 def logs(run_id: str, runtime: RuntimeDep, session: SessionDep,
          lines: Annotated[int, Query(ge=1, le=10000)] = 200) -> str:
     runs.get_run(session, run_id)
-    log = runtime.paths.run_dir(run_id) / "train.log"
+    log = runtime.paths.run(run_id).log
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 

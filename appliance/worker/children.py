@@ -1,0 +1,213 @@
+"""The kinds of child the worker supervises (training, export) behind one interface, so the worker's loop
+(worker.py) has no branch on the kind: each says which queue it takes jobs from, how to prepare a child
+(its spec, per appliance/child_protocol.py), what the child's progress messages record, and how its end is
+recorded. Adding a kind (evaluation) is a class here and an entry in `kinds()`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlmodel import Session
+
+from appliance.bootstrap import Runtime
+from appliance.child_protocol import (
+    CheckpointSaved,
+    ChildMessage,
+    DataReport,
+    ExportDone,
+    ExportSpec,
+    Failed,
+    Metric,
+    ServingSpec,
+    TrainDone,
+    TrainSpec,
+)
+from appliance.db.tables import Artifact, Dataset, ModelRecord, Run
+from appliance.jobs import exports, runs
+from appliance.jobs.queue import JobQueue
+from appliance.trainer.allocator import training_env
+from appliance.trainer.config import TrainConfig
+
+OFFLINE_ENV = {"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@dataclass
+class Job:
+    """A child being supervised: its job's id and kind, the process, and what it has said so far."""
+
+    job_id: str
+    kind: ChildKind
+    proc: subprocess.Popen[str]
+    spec: TrainSpec | ExportSpec | None = None
+    stage: str | None = None
+    progress: float | None = None
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    done: TrainDone | ExportDone | None = None
+    failed: Failed | None = None  # the child's own error message
+    error: str | None = None  # why the job fails: the child's message, or one the worker could not read
+    last_beat: float = 0.0
+    paused_s: float = 0.0  # behind kiosk requests, not yet recorded
+    output_ended: bool = False  # the child's stdout reached its end (it may not have exited yet)
+    seen_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start a prepared child: `python -m <module> <spec_file>`, its stderr appended to `log`."""
+
+    spec: TrainSpec | ExportSpec
+    spec_file: Path
+    env: dict[str, str]
+    header: str  # the line written to the log before the attempt
+
+
+class ChildKind(ABC):
+    child: Literal["train", "export"]  # which messages it may send (child_protocol.parse_message)
+    module: str  # python -m <module> SPEC.json
+    what: str  # in messages: "the training process"
+    noun: str  # prefix of the worker's log lines: "" for runs, "export " for exports
+    reclaimed: str  # the worker's log line for a job taken back, with {id}
+    stopped: str  # the event message when the worker stops with this kind's job running
+    start_failed: str  # the job's error when its child cannot even start, before ": <why>"
+    queue: JobQueue[Any]
+
+    def __init__(self, rt: Runtime, serving: ServingSpec) -> None:
+        self.rt, self.serving = rt, serving
+
+    @abstractmethod
+    def log_file(self, job_id: str) -> Path: ...
+
+    @abstractmethod
+    def discard(self, job_id: str) -> None:
+        """Remove what a dead attempt left half-written (no child of this job is alive)."""
+
+    @abstractmethod
+    def prepare(self, row: Any) -> Launch:
+        """Write the spec of a claimed row's child; raises when the job cannot even start."""
+
+    def record(self, job: Job, msg: ChildMessage) -> None:  # noqa: B027  (most kinds record nothing more)
+        """Record a progress message other than progress, done and error (the worker keeps those)."""
+
+    @abstractmethod
+    def fail(self, job_id: str, error: str) -> str:
+        """Record that the job failed with `error`; returns its status."""
+
+    @abstractmethod
+    def finish(self, job: Job, code: int, reason: str) -> str:
+        """Record how the child ended (exit `code`; `reason`: why, if it failed); returns the status."""
+
+
+class Training(ChildKind):
+    child, module, what, noun = "train", "appliance.trainer", "training", ""
+    reclaimed, stopped = "reclaimed {id}", "worker stopped; will resume"
+    start_failed = "could not start training"
+    queue = runs.QUEUE
+
+    def log_file(self, job_id: str) -> Path:
+        return self.rt.paths.run(job_id).log
+
+    def discard(self, job_id: str) -> None:
+        shutil.rmtree(self.rt.paths.run(job_id).tmp, ignore_errors=True)
+
+    def prepare(self, row: Run) -> Launch:
+        rt, run_dir = self.rt, self.rt.paths.run(row.id)
+        run_dir.root.mkdir(parents=True, exist_ok=True)
+        self.discard(row.id)
+        resume = runs.latest_checkpoint(engine=rt.engine, paths=rt.paths, run_id=row.id)
+        runs.forget_after(engine=rt.engine, run_id=row.id, step=resume[0] if resume else 0)
+        with Session(rt.engine) as session:
+            dataset = session.get(Dataset, row.dataset_id)
+            model = session.get(ModelRecord, row.base_model_id)
+            assert dataset is not None and model is not None and model.hf_path is not None
+        spec = TrainSpec(
+            run_id=row.id, run_dir=run_dir.root, config=TrainConfig.model_validate_json(row.config_json),
+            dataset_path=rt.paths.resolve(dataset.path), hf_dir=rt.paths.resolve(model.hf_path),
+            resume_from=resume[1] if resume else None, serving=self.serving, chat_template=row.chat_template,
+        )
+        run_dir.config.write_text(spec.config.model_dump_json(indent=2))
+        run_dir.spec.write_text(spec.model_dump_json(indent=2))
+        env = training_env({**os.environ, **OFFLINE_ENV}, rt.settings.trainer_allocator)
+        return Launch(spec, run_dir.spec, env, f"--- attempt {row.attempts}, resume from {spec.resume_from}\n")
+
+    def record(self, job: Job, msg: ChildMessage) -> None:
+        rt = self.rt
+        if isinstance(msg, DataReport):
+            runs.record_data(engine=rt.engine, run_id=job.job_id, report=msg)
+        elif isinstance(msg, Metric):
+            runs.record_metric(engine=rt.engine, run_id=job.job_id, metric=msg)
+        elif isinstance(msg, CheckpointSaved):
+            assert isinstance(job.spec, TrainSpec)
+            runs.record_checkpoint(engine=rt.engine, paths=rt.paths, run_id=job.job_id, step=msg.step, path=msg.path,
+                                   keep=job.spec.config.save_total_limit)
+
+    def fail(self, job_id: str, error: str) -> str:
+        return runs.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=job_id, ok=False, error=error)
+
+    def finish(self, job: Job, code: int, reason: str) -> str:
+        rt = self.rt
+        if code != 0 or not isinstance(job.done, TrainDone) or job.error is not None:
+            return runs.finish_run(engine=rt.engine, paths=rt.paths, run_id=job.job_id, ok=False, error=reason,
+                                   paused_s=job.paused_s)
+        status = runs.finish_run(engine=rt.engine, paths=rt.paths, run_id=job.job_id, ok=True,
+                                 result=job.done.model_dump(mode="json"), adapter=job.done.adapter,
+                                 paused_s=job.paused_s)
+        assert isinstance(job.spec, TrainSpec)
+        self._queue_exports(job.job_id, job.spec.config.export_gguf)
+        return status
+
+    def _queue_exports(self, run_id: str, wanted: list[str]) -> None:
+        """Exports the run's config asks for (`export_gguf`), queued behind it."""
+        for out_type in wanted:
+            try:
+                exports.request_export(engine=self.rt.engine, paths=self.rt.paths, run_id=run_id, out_type=out_type)
+            except Exception as exc:  # the run itself succeeded; say why the export was not queued
+                print(f"[worker] {run_id}: could not queue the {out_type} export: {exc}", file=sys.stderr, flush=True)
+
+
+class Export(ChildKind):
+    child, module, what, noun = "export", "appliance.export", "export", "export "
+    reclaimed, stopped = "re-queued export {id}", "worker stopped; will restart"
+    start_failed = "could not start the export"
+    queue = exports.QUEUE
+
+    def log_file(self, job_id: str) -> Path:
+        return self.rt.paths.export_log(job_id)
+
+    def discard(self, job_id: str) -> None:
+        shutil.rmtree(self.rt.paths.export_work_dir(job_id), ignore_errors=True)
+        self.rt.paths.export_spec(job_id).unlink(missing_ok=True)
+
+    def prepare(self, row: Artifact) -> Launch:
+        paths = self.rt.paths
+        spec = exports.spec_for(engine=self.rt.engine, paths=paths, art=row, serving=self.serving)
+        self.discard(row.id)
+        spec.work_dir.mkdir(parents=True)
+        paths.export_spec(row.id).write_text(spec.model_dump_json(indent=2))
+        return Launch(spec, paths.export_spec(row.id), {**os.environ, **OFFLINE_ENV},
+                      f"--- attempt {row.attempts}: {row.kind} {row.type}\n")
+
+    def fail(self, job_id: str, error: str) -> str:
+        return exports.finish(engine=self.rt.engine, paths=self.rt.paths, artifact_id=job_id, done=None, error=error)
+
+    def finish(self, job: Job, code: int, reason: str) -> str:
+        ok = code == 0 and isinstance(job.done, ExportDone) and job.error is None
+        status = exports.finish(engine=self.rt.engine, paths=self.rt.paths, artifact_id=job.job_id,
+                                done=job.done if ok and isinstance(job.done, ExportDone) else None,
+                                error=None if ok else reason,
+                                verification=job.failed.verification if job.failed else None)
+        self.rt.paths.export_spec(job.job_id).unlink(missing_ok=True)
+        return status
+
+
+def kinds(rt: Runtime, serving: ServingSpec) -> list[ChildKind]:
+    """In the order the worker looks for work: runs before exports."""
+    return [Training(rt, serving), Export(rt, serving)]
