@@ -9,7 +9,7 @@ Paris.'; Chinese character by character). Containment rather than exact match, b
 answers in a sentence. The retention metric is the fraction answered, with its bootstrap interval.
 Answers avoid words normalization drops (the articles a/an/the), which could never match.
 
-The file ships inside the package (`data/retention.jsonl`, package-data in pyproject.toml).
+The file ships inside the package (`probes/retention.jsonl`, package-data in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ID_PREFIX = "retention:"
 
 def load_probe(langs: tuple[str, ...] | None = None) -> list[EvalRow]:
     """The probe's questions as eval rows (ids 'retention:en-01', ...), optionally only `langs`."""
-    text = resources.files("appliance.evaluation").joinpath("data", PROBE_FILE).read_text(encoding="utf-8")
+    text = resources.files("appliance.evaluation").joinpath("probes", PROBE_FILE).read_text(encoding="utf-8")
     rows = []
     for line in text.splitlines():
         if not line.strip():
