@@ -53,6 +53,16 @@ def check_logit_bias(llm: Any, bias: dict[str, float] | None) -> None:
                                "logit_bias")
 
 
+def chat_handler(llm: Any) -> Any:
+    """llama-cpp-python's chat handler for this model, as create_chat_completion picks it: an explicit
+    handler, else the one registered for the chat format (the GGUF's `tokenizer.chat_template`
+    rendered with Jinja, "chat_template.default"), else a built-in format."""
+    from llama_cpp import llama_chat_format
+
+    return (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
+            or llama_chat_format.get_chat_completion_handler(llm.chat_format))
+
+
 class PromptGuard:
     """Stands in for the Llama given to llama-cpp-python's chat handler. The handler renders the
     model's chat template, tokenizes, then calls create_completion with the token ids: the exact
@@ -61,12 +71,14 @@ class PromptGuard:
     def __init__(self, llm: Any, requested: int | None) -> None:
         self._llm, self.requested = llm, requested
         self.prompt_tokens: int | None = None
+        self.prompt: list[int] = []  # the rendered, tokenized prompt (the evaluation scores after it)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._llm, name)
 
     def create_completion(self, prompt: list[int], **kwargs: Any) -> Any:
         self.prompt_tokens = len(prompt)
+        self.prompt = list(prompt)
         kwargs["max_tokens"] = fit_max_tokens(self._llm.n_ctx(), len(prompt), self.requested, "messages")
         return self._llm.create_completion(prompt=prompt, **kwargs)
 
@@ -74,12 +86,9 @@ class PromptGuard:
 def chat_call(body: ChatRequest, messages: list[dict[str, str]], response_format: dict[str, Any] | None,
               nbytes: int) -> Call:
     def call(llm: Any) -> Any:
-        from llama_cpp import llama_chat_format
-
         check_size(llm, nbytes, "messages")
         check_logit_bias(llm, body.logit_bias)
-        handler: Any = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
-                   or llama_chat_format.get_chat_completion_handler(llm.chat_format))
+        handler = chat_handler(llm)
         guard = PromptGuard(llm, body.requested_max_tokens())
         llm.generated = 0
         try:

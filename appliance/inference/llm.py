@@ -1,15 +1,20 @@
-"""llama_cpp.Llama with the two things the kiosk routes need that the library does not give.
+"""llama_cpp.Llama with the two things the kiosk routes need that the library does not give, and
+how a GGUF is opened for them (`open_served`): the inference server and the evaluation harness
+(appliance/evaluation) load a model the same way, so an evaluation measures what kiosks get.
 
-Imported only by the inference process, when a model loads (llama_cpp loads a shared library).
+Imported only where a model loads (llama_cpp loads a shared library).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
 from llama_cpp import Llama
+
+from appliance.inference.gguf_check import check_gguf
 
 
 class ServedLlama(Llama):  # type: ignore[misc]
@@ -30,3 +35,15 @@ class ServedLlama(Llama):  # type: ignore[misc]
             if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
                 self.generated += 1
             yield token
+
+
+def open_served(path: Path, *, n_ctx: int, threads: int, gpu_layers: int = 0, logits_all: bool = False) -> ServedLlama:
+    """The GGUF at `path` checked (`check_gguf`: llama.cpp can abort the process on a malformed file),
+    then loaded as the kiosk server loads it. `logits_all` keeps every position's logits in
+    `.scores` (n_ctx x n_vocab float32, allocated lazily): needed to score a reference answer, not
+    to serve. Greedy generations were compared with and without it on the bundled model: the same
+    tokens. Raises FileNotFoundError / ValueError for a missing or malformed file."""
+    longest_token = check_gguf(path)
+    return ServedLlama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                       n_gpu_layers=gpu_layers, verbose=False, max_token_bytes=longest_token or 1024,
+                       logits_all=logits_all)

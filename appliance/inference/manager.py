@@ -18,7 +18,6 @@ from appliance.bootstrap import Runtime
 from appliance.db.tables import Deployment
 from appliance.errors import NotFoundError
 from appliance.inference.engine import Job, ModelInfo, Slot
-from appliance.inference.gguf_check import check_gguf
 from appliance.inference.loading import LoadingMarker
 from appliance.inference.metrics import Metrics
 from appliance.jobs import deployments
@@ -58,13 +57,10 @@ class Inference:
     # loading
 
     def load(self, info: ModelInfo) -> Any:
-        from appliance.inference.llm import ServedLlama
+        from appliance.inference.llm import open_served
 
-        longest_token = check_gguf(info.path)
-        return ServedLlama(model_path=str(info.path), n_ctx=self.settings.inference_ctx,
-                           n_threads=self.threads, n_threads_batch=self.threads,
-                           n_gpu_layers=self.settings.inference_gpu_layers, verbose=False,
-                           max_token_bytes=longest_token or 1024)
+        return open_served(info.path, n_ctx=self.settings.inference_ctx, threads=self.threads,
+                           gpu_layers=self.settings.inference_gpu_layers)
 
     @staticmethod
     def smoke(llm: Any) -> str:

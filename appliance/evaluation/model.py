@@ -1,0 +1,153 @@
+"""One model under evaluation: the GGUF loaded as the kiosk server loads it, questions answered as
+the kiosk server answers them, and the reference answer's likelihood from the same model's logits.
+
+Same engine, same template: the model is opened by `appliance.inference.llm.open_served` and the
+prompt is rendered by the chat handler the server uses (`appliance.inference.calls.chat_handler`:
+the GGUF's `tokenizer.chat_template`, with llama-cpp-python's Jinja formatter), tokenized by it, and
+captured by the server's `PromptGuard` on its way to `create_completion`. Generation is a streamed
+temperature-0 chat completion (greedy), the sampling a kiosk gets when it asks for temperature 0.
+
+Reference NLL (nats per token): with P the prompt tokens and R the reference's tokens followed by
+the end-of-turn token E (the EOS token the chat handler stops on, `<|im_end|>` for ChatML models;
+a fine-tune must also learn to stop, so stopping is scored), NLL = -1/|R+E| * sum_i log
+softmax(logits[|P|-1+i])[t_i] over t = R+E. R is found by tokenizing the prompt's text followed by
+the reference and checking that the prompt's tokens are a prefix of the result (so R is how the
+model would see the reference after the prompt); when a merge crosses the boundary (not seen with
+BPE templates ending in a newline), R is the reference tokenized alone. The prompt's logits are
+reused from the generation (logits_all keeps them): only R+E is evaluated again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.inference.calls import PromptGuard, chat_handler
+from appliance.inference.protocol import ChatRequest
+
+DEFAULT_MAX_TOKENS = 128
+DEFAULT_CTX = 4096
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt: list[int]  # the prompt's token ids, as the server tokenized them
+    tokens: int  # generated, end-of-generation token excluded
+    finish_reason: str | None
+    ttft_s: float
+    tokens_per_s: float | None  # None with fewer than 2 tokens (no interval to measure)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of shape (n, vocab) in float64, stable: x - max - log(sum(exp(x - max)))."""
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # type: ignore[no-any-return]
+
+
+def token_nll(logits: np.ndarray, targets: list[int]) -> np.ndarray:
+    """Shape (n,): -log p(targets[i]) under logits[i] (shape (n, vocab)), nats."""
+    if len(targets) != len(logits):
+        raise ValueError(f"{len(logits)} logit rows for {len(targets)} targets")
+    return -log_softmax(logits)[np.arange(len(targets)), targets]  # type: ignore[no-any-return]
+
+
+class EvalModel:
+    """A GGUF opened for evaluation. Not thread-safe (llama.cpp); one question at a time.
+
+    `chat_template`: Jinja text to render prompts with instead of the GGUF's own (default None: the
+    GGUF's `tokenizer.chat_template`, which is what kiosks get; exports write the run's template
+    into the GGUF). `threads`: default all cores. Raises FileNotFoundError / ValueError for a
+    missing or malformed GGUF (checked before llama.cpp opens it)."""
+
+    def __init__(self, path: Path, *, n_ctx: int = DEFAULT_CTX, threads: int | None = None, gpu_layers: int = 0,
+                 chat_template: str | None = None) -> None:
+        from appliance.inference.llm import open_served
+
+        self.path = path
+        self.llm = open_served(path, n_ctx=n_ctx, threads=threads or os.cpu_count() or 1, gpu_layers=gpu_layers,
+                               logits_all=True)
+        if chat_template is not None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            llm = self.llm
+            eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
+            bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+            llm.chat_handler = Jinja2ChatFormatter(template=chat_template, eos_token=eos, bos_token=bos,
+                                                   stop_token_ids=[llm.token_eos()]).to_chat_handler()
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def __enter__(self) -> EvalModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def generate(self, messages: list[dict[str, str]], max_tokens: int = DEFAULT_MAX_TOKENS) -> Generation:
+        """Greedy chat completion of `messages` (at most `max_tokens` tokens), timed. Raises
+        appliance.inference.protocol.ContextLengthExceeded when the prompt does not fit."""
+        llm = self.llm
+        sampling = ChatRequest(messages=messages, temperature=0.0, max_tokens=max_tokens).sampling()
+        guard = PromptGuard(llm, max_tokens)
+        llm.generated = 0
+        started = time.perf_counter()
+        first = last = 0.0
+        parts: list[str] = []
+        finish: str | None = None
+        for chunk in chat_handler(llm)(llama=guard, messages=messages, stream=True, **sampling):
+            choice = chunk["choices"][0]
+            text = choice["delta"].get("content") or ""
+            if text:
+                last = time.perf_counter()
+                first = first or last
+                parts.append(text)
+            finish = choice.get("finish_reason") or finish
+        n = llm.generated
+        rate = (n - 1) / (last - first) if n > 1 and last > first else None
+        return Generation(text="".join(parts), prompt=guard.prompt, tokens=n, finish_reason=finish,
+                          ttft_s=(first or time.perf_counter()) - started, tokens_per_s=rate)
+
+    def reference_tokens(self, prompt: list[int], reference: str) -> list[int]:
+        """The reference's tokens as they follow `prompt`, then the end-of-turn (EOS) token."""
+        llm = self.llm
+        text = llm.detokenize(prompt, special=True)
+        joint = llm.tokenize(text + reference.encode(), add_bos=False, special=True)
+        if joint[:len(prompt)] == prompt:
+            ref = joint[len(prompt):]
+        else:
+            ref = llm.tokenize(reference.encode(), add_bos=False, special=False)
+        return [*ref, llm.token_eos()]
+
+    def reference_nll(self, prompt: list[int], reference: str, *, fresh: bool = False) -> tuple[float, int]:
+        """(mean NLL in nats per token, tokens scored) of `reference` + end of turn after `prompt`.
+
+        Call right after `generate` for the same prompt (its logits are reused), or with
+        fresh=True to evaluate the prompt again. Raises ValueError when prompt + reference do not
+        fit the context."""
+        llm = self.llm
+        target = self.reference_tokens(prompt, reference)
+        if len(prompt) + len(target) > llm.n_ctx():
+            raise ValueError(f"prompt ({len(prompt)}) + reference ({len(target)}) tokens exceed the context "
+                             f"of {llm.n_ctx()}")
+        if fresh or llm.n_tokens < len(prompt) or list(llm.input_ids[:len(prompt)]) != prompt:
+            llm.reset()
+            llm.eval(prompt)
+        # eval() drops the KV cache from n_tokens on: the generated answer is replaced by the reference.
+        llm.n_tokens = len(prompt)
+        llm.eval(target)
+        start = len(prompt) - 1
+        logits = llm.scores[start:start + len(target)]
+        return float(token_nll(logits, target).mean()), len(target)
+
+
+def as_messages(messages: list[Any]) -> list[dict[str, str]]:
+    """EvalRow messages (pydantic) as the plain dicts the chat handler takes."""
+    return [{"role": m.role, "content": m.content} for m in messages]

@@ -1,0 +1,119 @@
+"""Evaluating one model on one eval set (plus the retention probe): every question scored, then the
+aggregates with their intervals.
+
+Resumable: `evaluate` reports each `QuestionResult` through `progress` as soon as it is scored
+(what the worker job persists), and takes the results an earlier, killed evaluation had already
+reported (`done`): their questions are not asked again. The order of questions is fixed (eval rows
+in the order given, then the probe), so `index` identifies a question across attempts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from appliance.evaluation import overlap, stats
+from appliance.evaluation.model import DEFAULT_CTX, DEFAULT_MAX_TOKENS, EvalModel, as_messages
+from appliance.evaluation.retention import load_probe
+from appliance.evaluation.schemas import EvalRow, EvaluationResult, Interval, QuestionResult, RowSet, fingerprint
+
+Progress = Callable[[QuestionResult, int, int], None]  # (result, questions scored so far, total)
+RETENTION_MAX_TOKENS = 48  # probe answers are a word or a sentence
+EVAL_METRICS = ("nll", "rouge_l", "token_f1", "exact_match")
+LATENCY_METRICS = ("ttft_s", "tokens_per_s")
+
+
+Retention = bool | Sequence[EvalRow]  # True: the shipped probe; False: none; rows: those probe rows
+
+
+def plan(rows: Sequence[EvalRow], retention: Retention = True) -> list[tuple[RowSet, EvalRow]]:
+    """The questions of an evaluation in the order they are asked; a question's index is its place here."""
+    probe = list(load_probe() if retention is True else retention or [])
+    if len({row.id for row in [*rows, *probe]}) != len(rows) + len(probe):
+        raise ValueError("eval rows must have distinct ids (and none of the probe's)")
+    return [(RowSet.EVAL, row) for row in rows] + [(RowSet.RETENTION, row) for row in probe]
+
+
+def score_row(model: EvalModel, index: int, kind: RowSet, row: EvalRow, max_tokens: int) -> QuestionResult:
+    """Ask one question and score the answer (see model.py for NLL, overlap.py for the rest)."""
+    gen = model.generate(as_messages(row.messages), max_tokens=max_tokens)
+    nll, n = model.reference_nll(gen.prompt, row.reference)
+    refs = [row.reference, *row.aliases]
+    return QuestionResult(
+        index=index, id=row.id, set=kind, question=row.question, reference=row.reference, answer=gen.text,
+        prompt_tokens=len(gen.prompt), answer_tokens=gen.tokens, finish_reason=gen.finish_reason, nll=nll,
+        perplexity=math.exp(nll), nll_tokens=n, rouge_l=overlap.rouge_l(gen.text, row.reference),
+        token_f1=overlap.token_f1(gen.text, row.reference), exact_match=overlap.exact_match(gen.text, refs),
+        contains=overlap.contains(gen.text, refs), ttft_s=gen.ttft_s, tokens_per_s=gen.tokens_per_s)
+
+
+def evaluate(model_path: Path, rows: Sequence[EvalRow], *, chat_template: str | None = None,
+             retention: Retention = True, done: Sequence[QuestionResult] = (), progress: Progress | None = None,
+             max_tokens: int = DEFAULT_MAX_TOKENS, retention_max_tokens: int = RETENTION_MAX_TOKENS,
+             n_ctx: int = DEFAULT_CTX, threads: int | None = None, gpu_layers: int = 0, model_name: str | None = None,
+             resamples: int = stats.RESAMPLES, seed: int = stats.SEED) -> EvaluationResult:
+    """Evaluate the GGUF at `model_path` on `rows`, then on the retention probe (`retention`: True
+    the shipped probe, False none, or a list of probe rows).
+
+    `chat_template`: None renders prompts with the GGUF's own template, as kiosks get them.
+    `done`: results reported by an earlier attempt of this evaluation; their questions are skipped
+    (a result whose id does not match the question at its index raises ValueError: not the same
+    eval set). `progress(result, scored, total)` is called after each question, in order.
+    Returns every question's result (done ones included) sorted by index, and the aggregates.
+    Raises ValueError for an empty eval set or duplicate ids; ContextLengthExceeded / ValueError
+    for a question or reference that does not fit `n_ctx`."""
+    if not rows:
+        raise ValueError("the eval set has no rows")
+    questions = plan(rows, retention)
+    results = {r.index: r for r in done}
+    for index, result in results.items():
+        if index >= len(questions) or questions[index][1].id != result.id:
+            raise ValueError(f"result {index} ({result.id!r}) is not a question of this eval set")
+    started = time.monotonic()
+    todo = [i for i in range(len(questions)) if i not in results]
+    if todo:
+        with EvalModel(model_path, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
+                       chat_template=chat_template) as model:
+            for index in todo:
+                kind, row = questions[index]
+                limit = max_tokens if kind == RowSet.EVAL else retention_max_tokens
+                results[index] = score_row(model, index, kind, row, limit)
+                if progress is not None:
+                    progress(results[index], len(results), len(questions))
+    ordered = [results[i] for i in sorted(results)]
+    return EvaluationResult(model=model_name or model_path.name, eval_set=fingerprint(list(rows)), questions=ordered,
+                            metrics=summarize(ordered, resamples=resamples, seed=seed),
+                            seconds=time.monotonic() - started)
+
+
+def metric_values(questions: Sequence[QuestionResult], metric: str) -> list[float]:
+    """Per-question values of `metric`, from the rows it is defined on: eval rows for nll, rouge_l,
+    token_f1, exact_match; probe rows for retention ('contains'); all rows for the latencies (a
+    question with fewer than 2 generated tokens has no tokens_per_s and is left out)."""
+    if metric in EVAL_METRICS:
+        return [getattr(q, metric) for q in questions if q.set == RowSet.EVAL]
+    if metric == "retention":
+        return [q.contains for q in questions if q.set == RowSet.RETENTION]
+    if metric in LATENCY_METRICS:
+        return [v for q in questions if (v := getattr(q, metric)) is not None]
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def summarize(questions: Sequence[QuestionResult], *, resamples: int = stats.RESAMPLES,
+              seed: int = stats.SEED) -> dict[str, Interval]:
+    """Mean and percentile-bootstrap 95% interval of every metric that has rows. Perplexity is
+    exp(mean NLL) with exp() of NLL's interval (exp is monotone, so the percentiles carry over):
+    the perplexity of the average question, not the average of per-question perplexities, which
+    a single badly predicted reference would dominate."""
+    out: dict[str, Interval] = {}
+    for metric in (*EVAL_METRICS, "retention", *LATENCY_METRICS):
+        values = metric_values(questions, metric)
+        if values:
+            mean, low, high = stats.interval(values, resamples=resamples, seed=seed)
+            out[metric] = Interval(mean=mean, low=low, high=high, n=len(values))
+    if "nll" in out:
+        nll = out["nll"]
+        out["perplexity"] = Interval(mean=math.exp(nll.mean), low=math.exp(nll.low), high=math.exp(nll.high), n=nll.n)
+    return out
