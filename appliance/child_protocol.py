@@ -4,9 +4,10 @@ line on stdout, keyed by "type"). Both ends parse with these models, once: the c
 the worker each line as it arrives. Every model refuses unknown keys, so a key added at one end and not
 the other fails in a test, not at a site.
 
-    worker --spec.json--> child          TrainSpec | ExportSpec
+    worker --spec.json--> child          TrainSpec | ExportSpec | EvalSpec
     child  --stdout lines--> worker      TrainMessage: plan, data, metric, checkpoint, done, error
                                          ExportMessage: progress, done, error
+                                         EvalMessage: progress, done, error
 
 Paths in specs and messages are absolute (the child has no data directory of its own). This module
 imports no torch: the worker and the API import it.
@@ -63,6 +64,21 @@ class ExportSpec(_Strict):
     adapter_dir: Path | None = Field(None, description="A run's peft adapter folder; None: the base model")
     merged_dir: Path | None = Field(None, description="A merged folder already exported for the run, reused")
     chat_template: str | None = Field(None, description="The run's template; None: the folder's own")
+    serving: ServingSpec | None = None
+
+
+class EvalSpec(_Strict):
+    """`python -m appliance.evaluation SPEC.json`: evaluate the GGUF `model_path` on the eval rows of
+    `dataset_path` (plus the retention probe) into `out_dir` (layout: appliance/paths.py EvaluationDir),
+    skipping the questions an earlier attempt already scored there."""
+
+    evaluation_id: str
+    model_path: Path
+    model_name: str
+    dataset_path: Path = Field(description="Normalized dataset, one {'messages': [...]} object per line")
+    out_dir: Path
+    max_tokens: int = Field(128, ge=1, description="Most tokens generated per eval question")
+    retention: bool = Field(True, description="Also ask the shipped general-knowledge probe")
     serving: ServingSpec | None = None
 
 
@@ -150,6 +166,16 @@ class ExportDone(_Strict):
     failure: str | None = None
 
 
+class EvalDone(_Strict):
+    """The evaluation is complete: its result file is in out_dir; `metrics`: {metric: {mean, low, high, n}}."""
+
+    type: Literal["done"] = "done"
+    eval_set: str
+    questions: int
+    metrics: dict[str, dict[str, float]]
+    seconds: float
+
+
 class Failed(_Strict):
     """The child stopped; `message` is for the user. An export that failed verification sends its figures."""
 
@@ -160,20 +186,23 @@ class Failed(_Strict):
 
 TrainMessage = Annotated[Plan | DataReport | Metric | CheckpointSaved | TrainDone | Failed, Field(discriminator="type")]
 ExportMessage = Annotated[Progress | ExportDone | Failed, Field(discriminator="type")]
-ChildMessage = Plan | DataReport | Metric | CheckpointSaved | TrainDone | Progress | ExportDone | Failed
+EvalMessage = Annotated[Progress | EvalDone | Failed, Field(discriminator="type")]
+ChildMessage = Plan | DataReport | Metric | CheckpointSaved | TrainDone | Progress | ExportDone | EvalDone | Failed
 
 _TRAIN: TypeAdapter[Any] = TypeAdapter(TrainMessage)
 _EXPORT: TypeAdapter[Any] = TypeAdapter(ExportMessage)
+_EVAL: TypeAdapter[Any] = TypeAdapter(EvalMessage)
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {"train": _TRAIN, "export": _EXPORT, "eval": _EVAL}
 
 
 class ProtocolError(ValueError):
     """A line from a child that is not a message it may send (unknown type, unknown or missing key)."""
 
 
-def parse_message(line: str, child: Literal["train", "export"]) -> ChildMessage:
+def parse_message(line: str, child: Literal["train", "export", "eval"]) -> ChildMessage:
     """One stdout line of a `child` -> its message. Raises ProtocolError naming what is wrong."""
     try:
-        msg: ChildMessage = (_TRAIN if child == "train" else _EXPORT).validate_json(line)
+        msg: ChildMessage = _ADAPTERS[child].validate_json(line)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors())
         raise ProtocolError(f"the {child} child sent a message the worker does not understand ({problems}): "
@@ -186,7 +215,7 @@ def emit(message: ChildMessage) -> None:
     print(message.model_dump_json(), flush=True)
 
 
-S = TypeVar("S", TrainSpec, ExportSpec)
+S = TypeVar("S", TrainSpec, ExportSpec, EvalSpec)
 
 
 def read_spec(path: Path, model: type[S]) -> S:

@@ -248,6 +248,8 @@ def datasets_add(
     format: Annotated[str | None, typer.Option(help="alpaca, sharegpt or messages (default: detect)")] = None,
     model: Annotated[str | None, typer.Option(help="Base model id whose tokenizer counts tokens")] = None,
     cutoff_len: Annotated[int | None, typer.Option(help="Token cutoff for the over-length count")] = None,
+    purpose: Annotated[str, typer.Option(help="train, or eval: golden questions with reference answers (the "
+                                         "set evaluations score on and the deployment gate compares on)")] = "train",
 ) -> None:
     """Validate and store a dataset."""
     from appliance.api.schemas import DatasetPublic
@@ -260,6 +262,7 @@ def datasets_add(
             dataset, created = add_dataset(
                 engine=runtime.engine, paths=runtime.paths, settings=runtime.settings, stream=stream,
                 filename=file.name, name=name, fmt=format, base_model_id=model, cutoff_len=cutoff_len,
+                purpose=purpose,
             )
     except ApplianceError as exc:
         raise _fail(exc) from exc
@@ -549,7 +552,11 @@ def _follow_deployment(runtime: Runtime, deployment_id: str, wait: bool) -> None
     import time
 
     info = _deployment_public(runtime, deployment_id)
-    while wait and info["status"] == "pending":
+    said = ""
+    while wait and info["status"] in ("gating", "pending"):
+        if info["status"] == "gating" and not said:
+            said = "waiting for the deployment gate's evaluations (appliance evaluations list)"
+            typer.echo(said, err=True)
         time.sleep(0.5)
         info = _deployment_public(runtime, deployment_id)
     _print(info)
@@ -561,15 +568,23 @@ def _follow_deployment(runtime: Runtime, deployment_id: str, wait: bool) -> None
 def deploy(
     artifact: Annotated[str | None, typer.Argument(help="A ready GGUF artifact's id")] = None,
     base: Annotated[str | None, typer.Option(help="Serve a base model's own GGUF instead")] = None,
+    force: Annotated[bool, typer.Option(help="Deploy without the deployment gate (recorded in the event log)")] = False,
+    eval_dataset: Annotated[str | None, typer.Option(help="Eval set the gate compares on (default: the newest "
+                                                     "dataset added with --purpose eval)")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the inference server has swapped (or refused)")] = True,
 ) -> None:
-    """Deploy a GGUF to the kiosks. The inference server loads it beside the old one, smoke-tests it and
-    switches without a failed request; a model that fails is refused and the old one keeps serving."""
-    from appliance.jobs.deployments import request_deployment
+    """Deploy a GGUF to the kiosks, through the deployment gate: with an eval set, the model is evaluated
+    beside the one serving now and refused when it answers worse. The inference server loads it beside
+    the old one, smoke-tests it and switches without a failed request."""
+    import getpass
+
+    from appliance.jobs import gate
 
     runtime = _runtime()
-    dep = _checked(lambda: request_deployment(engine=runtime.engine, paths=runtime.paths, artifact_id=artifact,
-                                              base_model_id=base))
+    dep = _checked(lambda: gate.request(engine=runtime.engine, paths=runtime.paths,
+                                        margins=runtime.settings.gate_margins, artifact_id=artifact,
+                                        base_model_id=base, eval_dataset_id=eval_dataset, force=force,
+                                        who=f"{getpass.getuser()} (CLI)"))
     _follow_deployment(runtime, dep.id, wait)
 
 
@@ -595,9 +610,13 @@ def deployments_list() -> None:
             typer.echo(f"{d.id}  {d.status:<8} {d.name or '-':<40} {detail}")
 
 
+from appliance.cli_eval import compare, evaluate, evaluations_app  # noqa: E402  (reaches back when run)
 from appliance.cli_lf import import_lf  # noqa: E402  (it reaches back into this module only when run)
 
 datasets_app.command("import-lf")(import_lf)
+app.command("eval")(evaluate)
+app.command("compare")(compare)
+app.add_typer(evaluations_app, name="evaluations")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@
       runs/<run_id>/          training output (RunDir: spec.json, config.json, train.log, tmp/,
                               checkpoints/step-NNNNNNN/, adapter/)
       artifacts/<id>/         exported files
+      evaluations/<id>/       an evaluation (EvaluationDir: spec.json, eval.log, questions.jsonl, result.json)
       logs/export-<id>.log    an export child's stderr, all attempts
       tmp/                    work in progress; same filesystem, so a finished file is renamed in
         export-<id>/          an export's work folder; export-<id>.json its child's spec
@@ -110,6 +111,31 @@ class RunDir:
 
 
 @dataclass(frozen=True)
+class EvaluationDir:
+    """evaluations/<id>/: what an evaluation job writes (appliance/evaluation/job.py)."""
+
+    root: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "eval.log"
+
+    @property
+    def questions(self) -> Path:
+        """One scored question per line, appended as each is scored: what a resumed attempt skips."""
+        return self.root / "questions.jsonl"
+
+    @property
+    def result(self) -> Path:
+        """The whole EvaluationResult, renamed into place when the evaluation is complete."""
+        return self.root / "result.json"
+
+
+@dataclass(frozen=True)
 class Paths:
     root: Path
 
@@ -167,6 +193,9 @@ class Paths:
 
     def artifact_dir(self, artifact_id: str) -> Path:
         return self.artifacts / _check_id(artifact_id)
+
+    def evaluation(self, evaluation_id: str) -> EvaluationDir:
+        return EvaluationDir(self.root / "evaluations" / _check_id(evaluation_id))
 
     @property
     def logs(self) -> Path:

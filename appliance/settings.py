@@ -83,6 +83,26 @@ class Settings(BaseSettings):
         "~10 s) a training, export or evaluation process still runs, so it is never starved. 1 = never "
         "wait for kiosks.",
     )
+    eval_max_tokens: int = Field(
+        128, ge=1, le=4096, description="Evaluations: most tokens generated per eval question (greedy).",
+    )
+    eval_retention_probe: bool = Field(
+        True, description="Evaluations also ask the shipped general-knowledge probe (~50 questions, English and "
+        "Chinese) so a fine-tune that forgets ordinary answers is seen (the retention metric).",
+    )
+    gate_max_nll_increase: float = Field(
+        0.05, ge=0, description="Deployment gate: the largest rise of the reference answers' mean negative "
+        "log-likelihood (nats per token) on the site's eval set that is not counted as worse. A candidate is "
+        "refused when its paired 95% interval shows a rise and the rise is larger than this.",
+    )
+    gate_max_overlap_drop: float = Field(
+        0.02, ge=0, description="Deployment gate: the largest drop of ROUGE-L F1, token F1 and exact match "
+        "(fractions, 0-1) on the site's eval set that is not counted as worse.",
+    )
+    gate_max_retention_drop: float = Field(
+        0.05, ge=0, description="Deployment gate: the largest drop of the general-knowledge probe's score "
+        "(fraction of its ~50 questions answered) that is not counted as worse.",
+    )
     inference_threads: int = Field(
         0, ge=0, description="CPU threads llama.cpp uses per generation; 0 = all cores."
     )
@@ -124,3 +144,10 @@ class Settings(BaseSettings):
     def kiosk_min_share(self) -> float | None:
         """The share training keeps under continuous kiosk traffic; None when serving priority is off."""
         return self.training_min_share if self.serving_priority else None
+
+    @property
+    def gate_margins(self) -> dict[str, float]:
+        """Tolerated loss per metric of the deployment gate (appliance/evaluation/compare.py verdict)."""
+        overlap = self.gate_max_overlap_drop
+        return {"nll": self.gate_max_nll_increase, "rouge_l": overlap, "token_f1": overlap,
+                "exact_match": overlap, "retention": self.gate_max_retention_drop}

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from appliance import __version__
 from appliance.api import errors
 from appliance.api.limits import BodyLimitMiddleware
-from appliance.api.routers import artifacts, datasets, deployments, health, models, runs
+from appliance.api.routers import artifacts, datasets, deployments, evaluations, health, models, runs
 from appliance.bootstrap import Runtime, bootstrap
 from appliance.settings import Settings
 
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(runs.presets_router)
     app.include_router(artifacts.router)
     app.include_router(deployments.router)
+    app.include_router(evaluations.router)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     generate = app.openapi

@@ -70,6 +70,7 @@ class DatasetPublic(BaseModel):
     turns: int = Field(description="Assistant responses (user -> assistant exchanges) across all rows")
     characters: int = Field(description="Characters of all message contents, system prompts included")
     size_bytes: int = Field(description="Size of the normalized JSONL")
+    purpose: str = Field(description="train, or eval: golden questions with reference answers")
     created_at: datetime
     token_stats: list[TokenStats] = Field(default_factory=list)
 
@@ -210,7 +211,8 @@ class ArtifactPublic(BaseModel):
 
 class DeploymentPublic(BaseModel):
     id: str
-    status: str = Field(description="pending, active, failed or retired")
+    status: str = Field(description="gating (waiting for the deployment gate's evaluations), pending, active, "
+                        "failed or retired")
     artifact_id: str | None
     base_model_id: str | None = Field(description="Set when a base model's own GGUF is served")
     model: str | None = Field(description="The model id kiosks see in /v1/models")
@@ -219,12 +221,19 @@ class DeploymentPublic(BaseModel):
     load_ms: float | None
     smoke_text: str | None = Field(description="What the model answered to the smoke test")
     error: str | None
+    gate: dict[str, Any] | None = Field(description="The deployment gate's record: status (passed, refused, "
+                                        "waiting, not_gated, forced), reason, the evaluations and per-metric "
+                                        "changes it compared")
+    forced_by: str | None = Field(description="Who deployed it past the gate (force: true)")
     created_at: datetime
     activated_at: datetime | None
     retired_at: datetime | None
 
     @classmethod
     def of(cls, d: Any) -> DeploymentPublic:
+        import json
+
         return cls(id=d.id, status=d.status, artifact_id=d.artifact_id, base_model_id=d.base_model_id, model=d.name,
                    strategy=d.strategy, gap_ms=d.gap_ms, load_ms=d.load_ms, smoke_text=d.smoke_text, error=d.error,
+                   gate=json.loads(d.gate_json) if d.gate_json else None, forced_by=d.forced_by,
                    created_at=d.created_at, activated_at=d.activated_at, retired_at=d.retired_at)

@@ -101,8 +101,13 @@ def add_dataset(
     fmt: str | None = None,
     base_model_id: str | None = None,
     cutoff_len: int | None = None,
+    purpose: str = "train",
 ) -> tuple[Dataset, bool]:
-    """Returns (dataset, created). The same content uploaded twice is the same dataset."""
+    """Returns (dataset, created). The same content uploaded twice is the same dataset; uploaded again
+    with purpose "eval", it becomes an eval set (a dataset is never turned back into "train" this way)."""
+    if purpose not in ("train", "eval"):
+        raise InvalidInputError(source=display_name(filename), problems=[
+            InputProblem(line=None, field="purpose", message=f"unknown purpose {purpose!r}: train or eval")])
     if fmt is not None and fmt not in FORMATS:
         raise _bad_format(display_name(filename), fmt)
     check_name(name.strip() if name else None, filename)
@@ -123,9 +128,18 @@ def add_dataset(
         format=parsed.format,
         source_type=parsed.source_type,
         conversations=parsed.conversations,
+        purpose=purpose,
     )
     [(dataset, created)] = record_datasets(
         engine=engine, paths=paths, items=[item], base_model_id=base_model_id,
         cutoff_len=cutoff_len or settings.default_cutoff_len,
     )
+    if purpose == "eval" and dataset.purpose != "eval":
+        from appliance.db.engine import write_session
+
+        with write_session(engine) as session:
+            row = session.get(Dataset, dataset.id)
+            if row is not None:
+                row.purpose = dataset.purpose = "eval"
+                session.add(row)
     return dataset, created

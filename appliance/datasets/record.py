@@ -35,6 +35,7 @@ class NewDataset:
     source_type: str
     conversations: list[list[Message]]
     origin: str = ""  # said in the `dataset.added` event, e.g. "from LLaMA-Factory dataset_info.json"
+    purpose: str = "train"  # or "eval": golden questions with reference answers (the deployment gate's set)
 
 
 def serialize(conversations: list[list[Message]]) -> bytes:
@@ -127,4 +128,5 @@ def _row(paths: Paths, item: NewDataset, sha: str, body: bytes) -> Dataset:
         turns=sum(1 for c in conversations for m in c if m["role"] == "assistant"),
         characters=sum(len(m["content"]) for c in conversations for m in c),
         size_bytes=len(body),
+        purpose=item.purpose,
     )

@@ -24,10 +24,18 @@ class ArtifactStatus(StrEnum):
 
 
 class DeploymentStatus(StrEnum):
+    gating = "gating"  # waiting for the evaluations the deployment gate compares
     pending = "pending"
     active = "active"
     failed = "failed"
     retired = "retired"
+
+
+class EvaluationStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
 
 
 _ALLOWED: dict[type[StrEnum], dict[str, set[str]]] = {
@@ -45,7 +53,14 @@ _ALLOWED: dict[type[StrEnum], dict[str, set[str]]] = {
         "ready": set(),
         "failed": set(),
     },
+    EvaluationStatus: {
+        "queued": {"running", "failed"},
+        "running": {"succeeded", "failed", "queued"},  # -> queued: taken back, resumes where it stopped
+        "succeeded": set(),
+        "failed": {"queued"},  # asked for again
+    },
     DeploymentStatus: {
+        "gating": {"pending", "failed"},  # the gate passed / refused
         "pending": {"active", "failed"},
         # active -> failed: its file could not be loaded when the inference server started.
         "active": {"retired", "failed"},

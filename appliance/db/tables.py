@@ -53,6 +53,8 @@ class Dataset(SQLModel, table=True):
     turns: int
     characters: int
     size_bytes: int
+    # "train", or "eval": the site's golden questions with reference answers (the deployment gate's set).
+    purpose: str = Field(default="train", sa_column_kwargs={"server_default": "train"})
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -175,9 +177,36 @@ class Deployment(SQLModel, table=True):
     name: str | None = None  # the model id kiosks see in /v1/models
     load_ms: float | None = None
     smoke_text: str | None = None
+    # The deployment gate's decision (appliance/jobs/gate.py GateRecord) and, when forced, by whom.
+    gate_json: str | None = None
+    forced_by: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     activated_at: datetime | None = None
     retired_at: datetime | None = None
+
+
+class Evaluation(SQLModel, table=True):
+    """One model (a GGUF artifact, or a base model's GGUF) evaluated on one dataset: a worker job."""
+
+    __tablename__ = "evaluations"
+
+    id: str = Field(primary_key=True)
+    artifact_id: str | None = Field(default=None, sa_column=_fk("artifacts.id", "CASCADE", nullable=True))
+    base_model_id: str | None = Field(default=None, sa_column=_fk("base_models.id", "CASCADE", nullable=True))
+    dataset_id: str = Field(sa_column=_fk("datasets.id", "RESTRICT"))
+    model_name: str
+    status: str = "queued"
+    eval_set: str | None = None  # fingerprint of the rows (appliance/evaluation/schemas.py)
+    questions_done: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    questions_total: int | None = None
+    metrics_json: str | None = None  # {metric: {mean, low, high, n}} once succeeded
+    error: str | None = None
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    worker_pid: int | None = None
+    heartbeat_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class Event(SQLModel, table=True):

@@ -65,7 +65,11 @@ def model_file(
 
 
 def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None = None,
-                       base_model_id: str | None = None, reason: str = "requested") -> Deployment:
+                       base_model_id: str | None = None, reason: str = "requested",
+                       status: DeploymentStatus = DeploymentStatus.pending, gate_json: str | None = None,
+                       forced_by: str | None = None) -> Deployment:
+    """Record the wish to serve a model (`pending`; `gating` while the deployment gate waits for its
+    evaluations, appliance/jobs/gate.py, which is the way the API deploys)."""
     if (artifact_id is None) == (base_model_id is None):
         raise _bad("artifact_id", "give exactly one of artifact_id or base_model_id")
     with write_session(engine) as session:
@@ -73,7 +77,7 @@ def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None 
         if not path.is_file():
             raise _bad("artifact_id", f"the model file {path.name} is missing from the data directory")
         dep = Deployment(id=f"dep_{uuid.uuid4().hex[:12]}", artifact_id=artifact_id, base_model_id=base_model_id,
-                         name=name, status="pending")
+                         name=name, status=str(status), gate_json=gate_json, forced_by=forced_by)
         session.add(dep)
         events.record(session, kind="deployment.requested", entity_type="deployment", entity_id=dep.id,
                       message=f"{reason}: {name}")

@@ -1,4 +1,4 @@
-"""One queue contract for the worker's jobs (runs, exports): claim, heartbeat, reclaim, requeue, finish.
+"""One queue contract for the worker's jobs (runs, exports, evaluations): claim, heartbeat, reclaim, requeue, finish.
 
 A job is a row with a status, `worker_pid`, `heartbeat_at`, `attempts`, `started_at`, `finished_at`
 and `error`; `JobQueue` is parametrized by its table, its statuses and what its own columns need at
@@ -25,11 +25,11 @@ from sqlmodel import Session, col, select
 from appliance.db import events
 from appliance.db.engine import write_session
 from appliance.db.status import transition
-from appliance.db.tables import Artifact, Run
+from appliance.db.tables import Artifact, Evaluation, Run
 from appliance.errors import NotFoundError
 from appliance.jobs.common import now, worker_gone
 
-J = TypeVar("J", Run, Artifact)
+J = TypeVar("J", Run, Artifact, Evaluation)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,11 @@ class TrainConfig(BaseModel):
         default_factory=list,
         description="Appliance extension: GGUF types to export when the run succeeds, e.g. [q8_0, q4_k_m]",
     )
+    deploy: Literal["auto"] | None = Field(
+        None, description="Appliance extension: `auto` promotes the run when it succeeds: its first GGUF export "
+        "(export_gguf's first type, q8_0 when none is named) goes through the deployment gate and is deployed "
+        "only if it answers no worse than the model serving now; the run's events say which happened and why",
+    )
     template: str | None = Field(
         None, description="Chat template to train and serve with: `chatml`; default: the model's own. Required "
         "for a model without one. Recorded with the run and written into every export",
@@ -104,6 +109,8 @@ class TrainConfig(BaseModel):
         if unknown:
             raise ValueError(f"export_gguf: unknown GGUF type(s) {unknown}; choose from {', '.join(ALL_TYPES)}")
         self.export_gguf = [t.lower() for t in self.export_gguf]
+        if self.deploy == "auto" and not self.export_gguf:
+            self.export_gguf = ["q8_0"]  # what auto-promotion deploys
         if self.max_steps is not None and self.max_steps <= 0:
             self.max_steps = None  # LLaMA-Factory's -1 means "use epochs"
         return self

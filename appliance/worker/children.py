@@ -6,6 +6,7 @@ recorded. Adding a kind (evaluation) is a class here and an entry in `kinds()`.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -23,6 +24,8 @@ from appliance.child_protocol import (
     CheckpointSaved,
     ChildMessage,
     DataReport,
+    EvalDone,
+    EvalSpec,
     ExportDone,
     ExportSpec,
     Failed,
@@ -31,8 +34,8 @@ from appliance.child_protocol import (
     TrainDone,
     TrainSpec,
 )
-from appliance.db.tables import Artifact, Dataset, ModelRecord, Run
-from appliance.jobs import exports, runs
+from appliance.db.tables import Artifact, Dataset, Evaluation, ModelRecord, Run
+from appliance.jobs import evaluations, exports, gate, runs
 from appliance.jobs.queue import JobQueue
 from appliance.trainer.allocator import training_env
 from appliance.trainer.config import TrainConfig
@@ -47,11 +50,11 @@ class Job:
     job_id: str
     kind: ChildKind
     proc: subprocess.Popen[str]
-    spec: TrainSpec | ExportSpec | None = None
+    spec: TrainSpec | ExportSpec | EvalSpec | None = None
     stage: str | None = None
     progress: float | None = None
     lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
-    done: TrainDone | ExportDone | None = None
+    done: TrainDone | ExportDone | EvalDone | None = None
     failed: Failed | None = None  # the child's own error message
     error: str | None = None  # why the job fails: the child's message, or one the worker could not read
     last_beat: float = 0.0
@@ -64,14 +67,14 @@ class Job:
 class Launch:
     """How to start a prepared child: `python -m <module> <spec_file>`, its stderr appended to `log`."""
 
-    spec: TrainSpec | ExportSpec
+    spec: TrainSpec | ExportSpec | EvalSpec
     spec_file: Path
     env: dict[str, str]
     header: str  # the line written to the log before the attempt
 
 
 class ChildKind(ABC):
-    child: Literal["train", "export"]  # which messages it may send (child_protocol.parse_message)
+    child: Literal["train", "export", "eval"]  # which messages it may send (child_protocol.parse_message)
     module: str  # python -m <module> SPEC.json
     what: str  # in messages: "the training process"
     noun: str  # prefix of the worker's log lines: "" for runs, "export " for exports
@@ -205,9 +208,83 @@ class Export(ChildKind):
                                 error=None if ok else reason,
                                 verification=job.failed.verification if job.failed else None)
         self.rt.paths.export_spec(job.job_id).unlink(missing_ok=True)
+        if status == "ready":
+            self._promote(job.job_id)
+        return status
+
+    def _promote(self, artifact_id: str) -> None:
+        """A run with `deploy: auto`: its first GGUF export goes through the deployment gate."""
+        from appliance.db import events
+        from appliance.db.engine import write_session
+        from appliance.errors import ApplianceError
+
+        rt = self.rt
+        with Session(rt.engine) as session:
+            art = session.get(Artifact, artifact_id)
+            run = session.get(Run, art.run_id) if art is not None and art.run_id else None
+            if art is None or run is None or art.kind != "gguf":
+                return
+            config = TrainConfig.model_validate_json(run.config_json)
+            if config.deploy != "auto" or art.type != config.export_gguf[0]:
+                return
+            run_id = run.id
+        try:
+            dep = gate.request(engine=rt.engine, paths=rt.paths, margins=rt.settings.gate_margins,
+                               artifact_id=artifact_id, who="auto-promotion")
+            message = (f"auto-promotion: deployment {dep.id} of {art.name or artifact_id}: gate "
+                       f"{json.loads(dep.gate_json or '{}').get('status', '?')}")
+        except ApplianceError as exc:
+            message = f"auto-promotion: not deployed: {exc}"
+        with write_session(rt.engine) as session:
+            events.record(session, kind="run.promotion", entity_type="run", entity_id=run_id, message=message)
+        print(f"[worker] {run_id}: {message}", file=sys.stderr, flush=True)
+
+
+class Evaluating(ChildKind):
+    child, module, what, noun = "eval", "appliance.evaluation", "evaluation", "evaluation "
+    reclaimed, stopped = "re-queued evaluation {id}", "worker stopped; will resume"
+    start_failed = "could not start the evaluation"
+    queue = evaluations.QUEUE
+
+    def log_file(self, job_id: str) -> Path:
+        return self.rt.paths.evaluation(job_id).log
+
+    def discard(self, job_id: str) -> None:
+        # questions.jsonl stays: a resumed attempt skips what it holds (a torn last line is cut there).
+        self.rt.paths.evaluation(job_id).root.joinpath("result.json.partial").unlink(missing_ok=True)
+
+    def prepare(self, row: Evaluation) -> Launch:
+        from appliance.evaluation.job import eval_rows
+        from appliance.evaluation.run import plan
+
+        rt, where = self.rt, self.rt.paths.evaluation(row.id)
+        where.root.mkdir(parents=True, exist_ok=True)
+        self.discard(row.id)
+        with Session(rt.engine) as session:
+            values = evaluations.spec_values(session, rt.paths, row)
+        spec = EvalSpec(evaluation_id=row.id, out_dir=where.root, serving=self.serving,
+                        max_tokens=rt.settings.eval_max_tokens, retention=rt.settings.eval_retention_probe, **values)
+        evaluations.set_total(engine=rt.engine, evaluation_id=row.id,
+                              total=len(plan(eval_rows(spec.dataset_path), spec.retention)))
+        where.spec.write_text(spec.model_dump_json(indent=2))
+        return Launch(spec, where.spec, {**os.environ, **OFFLINE_ENV},
+                      f"--- attempt {row.attempts}: {row.model_name} on {row.dataset_id}\n")
+
+    def fail(self, job_id: str, error: str) -> str:
+        status = evaluations.finish(engine=self.rt.engine, evaluation_id=job_id, done=None, error=error)
+        gate.resolve(engine=self.rt.engine, paths=self.rt.paths, margins=self.rt.settings.gate_margins)
+        return status
+
+    def finish(self, job: Job, code: int, reason: str) -> str:
+        ok = code == 0 and isinstance(job.done, EvalDone) and job.error is None
+        status = evaluations.finish(engine=self.rt.engine, evaluation_id=job.job_id,
+                                    done=job.done if ok and isinstance(job.done, EvalDone) else None,
+                                    error=None if ok else reason)
+        for line in gate.resolve(engine=self.rt.engine, paths=self.rt.paths, margins=self.rt.settings.gate_margins):
+            print(f"[worker] {line}", file=sys.stderr, flush=True)
         return status
 
 
 def kinds(rt: Runtime, serving: ServingSpec) -> list[ChildKind]:
-    """In the order the worker looks for work: runs before exports."""
-    return [Training(rt, serving), Export(rt, serving)]
+    """In the order the worker looks for work: runs, exports, then evaluations."""
+    return [Training(rt, serving), Export(rt, serving), Evaluating(rt, serving)]

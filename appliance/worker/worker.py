@@ -23,7 +23,16 @@ import time
 from typing import IO, Any
 
 from appliance.bootstrap import Runtime
-from appliance.child_protocol import ExportDone, Failed, Progress, ProtocolError, ServingSpec, TrainDone, parse_message
+from appliance.child_protocol import (
+    EvalDone,
+    ExportDone,
+    Failed,
+    Progress,
+    ProtocolError,
+    ServingSpec,
+    TrainDone,
+    parse_message,
+)
 from appliance.jobs.queue import Beat
 from appliance.serving import Signal, is_held, lower_priority
 from appliance.worker.children import ChildKind, Job, kinds
@@ -142,7 +151,7 @@ class Worker:
                 continue
             if isinstance(msg, Progress):
                 job.stage, job.progress = msg.stage, msg.progress
-            elif isinstance(msg, TrainDone | ExportDone):
+            elif isinstance(msg, TrainDone | ExportDone | EvalDone):
                 job.done = msg
             elif isinstance(msg, Failed):
                 job.failed, job.error = msg, msg.message

@@ -42,11 +42,15 @@ def upload(
         str | None, Form(description="Model whose tokenizer and chat template measure token counts")
     ] = None,
     cutoff_len: Annotated[int | None, Form(gt=0, description="Token cutoff for the over-length count")] = None,
+    purpose: Annotated[
+        Literal["train", "eval"], Form(description="eval: golden questions with reference answers, the set "
+                                       "evaluations score on and the deployment gate compares on")
+    ] = "train",
 ) -> DatasetPublic:
     dataset, created = add_dataset(
         engine=runtime.engine, paths=runtime.paths, settings=runtime.settings, stream=file.file,
         filename=file.filename or "upload", name=name, fmt=format, base_model_id=base_model_id,
-        cutoff_len=cutoff_len,
+        cutoff_len=cutoff_len, purpose=purpose,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

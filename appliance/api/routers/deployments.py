@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
 from appliance.api.errors import responses
 from appliance.api.schemas import DeploymentPublic
-from appliance.jobs import deployments
+from appliance.jobs import deployments, gate
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"], dependencies=[AdminDep],
                    responses=responses(401, 422))
@@ -15,15 +15,25 @@ router = APIRouter(prefix="/api/deployments", tags=["deployments"], dependencies
 class DeployRequest(BaseModel):
     artifact_id: str | None = Field(None, description="A ready GGUF artifact")
     base_model_id: str | None = Field(None, description="Or a base model's own GGUF (e.g. the bundled model)")
+    force: bool = Field(False, description="Deploy without the deployment gate (recorded, with who and when)")
+    eval_dataset_id: str | None = Field(None, description="The eval set the gate compares on; default: the newest "
+                                        "dataset uploaded with purpose=eval")
 
 
 @router.post("", response_model=DeploymentPublic, status_code=status.HTTP_202_ACCEPTED,
-             summary="Deploy a GGUF; the inference server swaps to it within a second",
-             responses=responses(400, 413, 507, notes={404: "No such artifact or base model",
-                                                       422: "Not a ready GGUF artifact, or its file is missing"}))
-def create(body: DeployRequest, runtime: RuntimeDep) -> DeploymentPublic:
-    dep = deployments.request_deployment(engine=runtime.engine, paths=runtime.paths, artifact_id=body.artifact_id,
-                                         base_model_id=body.base_model_id)
+             summary="Deploy a GGUF through the deployment gate; the inference server swaps to it within a second",
+             responses=responses(400, 413, 507, notes={
+                 404: "No such artifact, base model or eval dataset",
+                 409: "Refused by the deployment gate: `detail` names the worse metrics (force: true deploys anyway)",
+                 422: "Not a ready GGUF artifact, or its file is missing"}))
+def create(body: DeployRequest, runtime: RuntimeDep, request: Request) -> DeploymentPublic:
+    """With an eval set (a dataset uploaded with purpose=eval), the candidate and the model serving now
+    are evaluated on it (reusing earlier evaluations): 409 when the candidate is worse beyond the
+    margins; `gating` while the evaluations run (then `pending`, or `failed` with the reason)."""
+    who = f"admin token from {request.client.host if request.client else 'unknown'}"
+    dep = gate.request(engine=runtime.engine, paths=runtime.paths, margins=runtime.settings.gate_margins,
+                       artifact_id=body.artifact_id, base_model_id=body.base_model_id,
+                       eval_dataset_id=body.eval_dataset_id, force=body.force, who=who)
     return DeploymentPublic.of(dep)
 
 
