@@ -205,9 +205,12 @@ def health(
 
 
 @app.command()
-def token() -> None:
-    """Print the admin token (for the web page and API clients)."""
-    typer.echo(_runtime().admin_token)
+def token(
+    kiosk: Annotated[bool, typer.Option("--kiosk", help="Print the kiosk key (the kiosks' API key)")] = False,
+) -> None:
+    """Print the admin token (for the web page and API clients), or with --kiosk the kiosk key."""
+    runtime = _runtime()
+    typer.echo(runtime.kiosk_key if kiosk else runtime.admin_token)
 
 
 @models_app.command("list")

@@ -131,6 +131,7 @@ def fake_bundle(tmp_path: Path, python_version: str = "3.11") -> Path:
     for f in ("compose.yaml", "compose.gpu.yaml", "compose.jetson.yaml"):
         shutil.copy2(ROOT / f, b / f)
     (b / "wheelhouse" / "demo-1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
+    (b / "wheelhouse" / f"demo_native-1.0-cp311-cp311-linux_{os.uname().machine}.whl").write_bytes(b"nor this")
     (b / "bundle.env").write_text(
         f"VERSION=0.1.0\nTARGET=cpu\nIMAGE=appliance:0.1.0-cpu\nPYTHON_VERSION={python_version}\n")
     sums = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(b)}"
@@ -227,3 +228,38 @@ def test_the_compose_file_is_what_the_readme_and_bundle_use() -> None:
     readme = (ROOT / "README.md").read_text()
     for command in ("make bundle TARGET=cpu", "install.sh --native", "make test-docker", "backup.sh", "restore.sh"):
         assert command in readme, f"the README does not say {command!r}"
+
+
+def test_install_takes_folders_from_the_callers_directory_and_keeps_an_upgrades_data(tmp_path: Path) -> None:
+    b = fake_bundle(tmp_path)
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    # A relative prefix is the caller's: an existing installation there keeps its data folder.
+    (caller / "app").mkdir()
+    (caller / "app" / "install.env").write_text(f"MODE=native\nDATA={tmp_path / 'first-data'}\n")
+    out = subprocess.run(["bash", str(b / "install.sh"), "--native", "--prefix", "app", "--data", "other"],
+                         capture_output=True, text=True, cwd=caller)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"{caller}/app is installed with its data in {tmp_path / 'first-data'}" in out.stderr
+    assert not (b / "app").exists() and not (caller / "other").exists()
+
+
+def test_install_refuses_a_python_that_does_not_run_and_both_gpu_flags(tmp_path: Path) -> None:
+    b = fake_bundle(tmp_path)
+    out = subprocess.run(["bash", str(b / "install.sh"), "--native", "--prefix", str(tmp_path / "p")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHON": "/bin/false"})
+    assert out.returncode == 1 and "/bin/false does not run as Python" in out.stderr
+    out = run_install(b, "--gpu", "--jetson")
+    assert out.returncode == 1 and "exclude each other" in out.stderr
+    out = run_install(b, "--prefix")
+    assert out.returncode == 2 and "--prefix needs a value" in out.stderr
+
+
+def test_native_install_refuses_a_data_folder_it_cannot_write(tmp_path: Path) -> None:
+    b = fake_bundle(tmp_path)
+    blocker = tmp_path / "a-file"  # where a folder should be: nobody, root included, can make one inside
+    blocker.write_text("")
+    out = run_install(b, "--native", "--prefix", str(tmp_path / "p"), "--data", str(blocker / "data"))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cannot write {blocker / 'data'}" in out.stderr and "nothing was installed" in out.stderr
+    assert not (tmp_path / "p").exists()
