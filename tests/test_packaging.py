@@ -263,3 +263,56 @@ def test_native_install_refuses_a_data_folder_it_cannot_write(tmp_path: Path) ->
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"cannot write {blocker / 'data'}" in out.stderr and "nothing was installed" in out.stderr
     assert not (tmp_path / "p").exists()
+
+
+FAKE_DOCKER = r"""#!/bin/sh
+# A stand-in for the docker CLI: answers what install.sh asks, records every call.
+echo "$*" >> "$DOCKER_CALLS"
+case "$*" in
+  "version --format"*) echo 24.0.7 ;;
+  "compose version --short") echo 2.29.1 ;;
+  "compose version") echo "Docker Compose version v2.29.1" ;;
+  "info --format"*) echo "$FAKE_ROOT" ;;
+  load) cat > /dev/null ;;
+  "compose up"*) pwd >> "$DOCKER_CALLS" ;;
+esac
+"""
+
+
+def test_docker_install_writes_env_once_and_an_upgrade_keeps_secrets_address_ports_and_overrides(
+        tmp_path: Path) -> None:
+    b = fake_bundle(tmp_path)
+    (b / "image").mkdir()
+    (b / "image" / "appliance-0.1.0-cpu.tar.gz").write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\x03\x00"
+                                                              b"\x00\x00\x00\x00\x00\x00\x00\x00")  # empty gzip
+    sums = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(b)}"
+            for f in sorted(b.rglob("*")) if f.is_file() and f.name != "SHA256SUMS"]
+    (b / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_CALLS": str(calls),
+           "FAKE_ROOT": str(tmp_path)}
+    prefix = tmp_path / "opt"
+    site = tmp_path / "site.yaml"
+    site.write_text("services: {}\n")
+
+    first = subprocess.run(["bash", str(b / "install.sh"), "--prefix", str(prefix), "--gpu", "--override", str(site)],
+                           capture_output=True, text=True, env={**env, "APPLIANCE_BIND": "127.0.0.1",
+                                                                "APPLIANCE_API_PORT": "18000"})
+    assert first.returncode == 0, first.stdout + first.stderr
+    dotenv = (prefix / ".env").read_text()
+    assert oct((prefix / ".env").stat().st_mode & 0o777) == "0o600"
+    assert "COMPOSE_FILE=compose.yaml:compose.gpu.yaml:compose.site.yaml" in dotenv
+    assert "APPLIANCE_BIND=127.0.0.1" in dotenv and "APPLIANCE_API_PORT=18000" in dotenv
+    assert "web page:   http://127.0.0.1:18000/" in first.stdout
+    assert (prefix / "compose.site.yaml").read_text() == "services: {}\n"
+    assert f"compose up -d --wait --wait-timeout 900\n{prefix}" in calls.read_text()
+
+    again = subprocess.run(["bash", str(b / "install.sh"), "--prefix", str(prefix)], capture_output=True,
+                           text=True, env=env)  # the upgrade: no options, no variables
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (prefix / ".env").read_text().split("\n", 1)[1] == dotenv.split("\n", 1)[1], "an upgrade changed .env"
+    assert (prefix / "install.env").read_text() == "MODE=docker\n"

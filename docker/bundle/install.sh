@@ -61,13 +61,13 @@ writable() {  # folder, what for: the folder, or the nearest one that exists, ca
   [ -d "$d" ] && [ -w "$d" ] || fail "$(id -un) cannot write $1 ($d is not writable): $2; choose another with --prefix/--data, or run as root"
 }
 size_mb() { du -sm "$@" | awk '{s += $1} END {print s}'; }
-env_value() { [ -f "$1" ] && sed -n "s/^$2=//p" "$1" | tail -1; }
+env_value() { if [ -f "$1" ]; then sed -n "s/^$2=//p" "$1" | tail -1; fi; }  # never fails: set -e
 urls() {  # api port, kiosk port, admin token, kiosk key, address
   echo
   echo "  web page:   http://$5:$1/   (admin token: $3)"
   echo "  kiosks:     http://$5:$2/v1  (OpenAI API; kiosk key: $4)"
 }
-lan() { hostname -I 2>/dev/null | awk '{print $1}'; }
+lan() { { hostname -I 2>/dev/null || true; } | awk '{print $1}'; }
 
 if [ "$MODE" = docker ]; then
   command -v docker >/dev/null 2>&1 || fail "Docker is not installed (see the README's 'Install with Docker', or use --native)"
