@@ -1,0 +1,77 @@
+"""Answers to a few held-out questions at each eval step, so the live page shows how the answers change
+as the eval loss falls (issue 13). Kept cheap: at most SAMPLE_QUESTIONS questions, greedy, at most
+SAMPLE_TOKENS new tokens each, the kiosks' gate waited on before each question.
+
+A question is a held-out row's messages before its last assistant message, rendered with the run's chat
+template and a generation prompt (as the evaluation child asks it); the reference is that message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from appliance.child_protocol import Sample
+from appliance.models.chat import ChatTokenizer
+from appliance.serving import ServingGate
+
+SAMPLE_QUESTIONS = 3
+SAMPLE_TOKENS = 48
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class Probe:
+    row: int
+    prompt_ids: list[int]
+    question: str
+    reference: str
+
+
+def probes(dataset_path: Path, held_out: list[int], tok: ChatTokenizer, cutoff_len: int) -> list[Probe]:
+    """The first SAMPLE_QUESTIONS held-out rows (1-based, ascending) that have a question and an answer."""
+    wanted = set(held_out)
+    out: list[Probe] = []
+    with open(dataset_path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if len(out) >= SAMPLE_QUESTIONS:
+                break
+            if i not in wanted:
+                continue
+            messages: list[dict[str, Any]] = json.loads(line)["messages"]
+            last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=0)
+            if last == 0:
+                continue
+            prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:last]]
+            question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])
+            ids = tok.tokenizer.encode(tok.render(prompt, add_generation_prompt=True), add_special_tokens=False).ids
+            out.append(Probe(i, list(ids)[-cutoff_len:], question, messages[last]["content"]))
+    return out
+
+
+def stop_ids(tok: ChatTokenizer) -> list[int]:
+    """The end-of-sequence token and the usual end-of-turn markers the tokenizer has."""
+    names = [tok.special.get("eos_token"), *END_OF_TURN]
+    ids = [tok.tokenizer.token_to_id(n) for n in names if n]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def answer(model: Any, tok: ChatTokenizer, questions: list[Probe], device: torch.device, gate: ServingGate,
+           stops: list[int]) -> list[Sample]:
+    """Greedy answers of `model` (in eval mode: the caller's job) to each question."""
+    out: list[Sample] = []
+    for probe in questions:
+        gate.wait()
+        ids = torch.tensor([probe.prompt_ids], dtype=torch.long, device=device)
+        with torch.no_grad():
+            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=SAMPLE_TOKENS, do_sample=False, num_beams=1,
+                                       eos_token_id=stops or None, pad_token_id=stops[0] if stops else 0)
+        new = [t for t in generated[0, ids.shape[1]:].tolist() if t not in stops]
+        text = tok.tokenizer.decode(new, skip_special_tokens=True).strip()
+        out.append(Sample(row=probe.row, question=probe.question, reference=probe.reference, answer=text))
+    return out
