@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from appliance.api.app import create_app
 from appliance.bootstrap import bootstrap
 from appliance.db.tables import Event
-from appliance.jobs import runs
+from appliance.jobs import gate, runs
 from appliance.models.registry import BUNDLED_ID
 from appliance.trainer import data
 from appliance.worker.worker import Worker
@@ -54,7 +54,10 @@ def test_held_out_rows_become_an_eval_dataset_and_eval_steps_store_answers(data_
     expected = sorted(e.row for e in val)
     assert len(expected) == 2 and 3 not in expected
     holdout = client.get(f"/api/datasets/{run['holdout_dataset_id']}").json()
-    assert (holdout["purpose"], holdout["name"], holdout["rows"]) == ("eval", "faq held-out", 2)
+    assert (holdout["purpose"], holdout["source_type"], holdout["name"], holdout["rows"]) == (
+        "eval", "holdout", "faq held-out", 2)
+    with Session(rt.engine) as session:
+        assert gate.site_eval_set(session) is None  # a run's held-out rows are not the site's eval set
     source_lines = rt.paths.resolve(runs_dataset_path(rt, source["id"])).read_text().splitlines()
     held_lines = rt.paths.resolve(runs_dataset_path(rt, holdout["id"])).read_text().splitlines()
     assert held_lines == [source_lines[r - 1] for r in expected]  # the conversations, as the dataset has them

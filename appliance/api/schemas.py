@@ -63,7 +63,8 @@ class DatasetPublic(BaseModel):
     id: str
     name: str
     format: str = Field(description="alpaca, sharegpt or messages: the shape of the uploaded rows")
-    source_type: str = Field(description="json, jsonl, csv or parquet: the uploaded file's type")
+    source_type: str = Field(description="json, jsonl, csv or parquet: the uploaded file's type; holdout: a "
+                             "run's held-out rows (val_size), an eval set the gate does not pick by itself")
     source_filename: str
     sha256: str = Field(description="sha256 of the normalized JSONL: the same content is the same dataset")
     rows: int

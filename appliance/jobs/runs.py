@@ -42,6 +42,7 @@ from appliance.trainer.config import TrainConfig, load_preset, parse_config
 from appliance.trainer.targets import check_targets
 
 TERMINAL = {RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled}
+HOLDOUT = "holdout"  # source_type of a run's held-out eval dataset: never the site's eval set (jobs/gate.py)
 
 
 # --- the queue (appliance/jobs/queue.py) ---------------------------------------------------
@@ -229,8 +230,10 @@ def record_data(*, engine: Engine, run_id: str, report: DataReport) -> None:
 
 
 def record_holdout(*, engine: Engine, paths: Paths, run_id: str, rows: list[int]) -> Dataset:
-    """The rows the trainer holds out (val_size) become an eval dataset (purpose "eval"), content-addressed
-    like any dataset, named on the run. A resumed attempt holds out the same rows: the same dataset."""
+    """The rows the trainer holds out (val_size) become an eval dataset (purpose "eval", source_type
+    "holdout"), content-addressed like any dataset, named on the run. A resumed attempt holds out the same
+    rows: the same dataset. It is not the gate's site eval set (jobs/gate.py site_eval_set): a run's own
+    held-out rows measure that run, not the site."""
     from appliance.datasets.record import NewDataset, record_datasets
 
     with Session(engine) as session:
@@ -245,7 +248,7 @@ def record_holdout(*, engine: Engine, paths: Paths, run_id: str, rows: list[int]
     if len(conversations) != len(wanted):
         raise ValueError(f"the trainer held out rows {sorted(wanted)[:20]}, but {source.id} has no such rows")
     item = NewDataset(name=f"{label} held-out", source_filename=f"{run_id}.holdout.jsonl", format="messages",
-                      source_type="jsonl", conversations=conversations, purpose="eval",
+                      source_type=HOLDOUT, conversations=conversations, purpose="eval",
                       origin=f"held out by run {run_id} from {source.id} (val_size {cfg.val_size})")
     [(dataset, _created)] = record_datasets(engine=engine, paths=paths, items=[item], base_model_id=base_model_id,
                                             cutoff_len=cfg.cutoff_len)

@@ -269,7 +269,11 @@ def train(spec: TrainSpec) -> None:
             eval_loss = evaluate(sharded, val_set, cfg.per_device_train_batch_size, gate)
             emit(Metric(kind="eval", step=step, loss=eval_loss))
             if probes:
-                emit(Samples(step=step, samples=samples.answer(model, tok, probes, device, gate, stops)))
+                t_samples = time.perf_counter()
+                answers = samples.answer(model, tok, probes, device, gate, stops)
+                log(f"step {step}: answered {len(answers)} held-out question(s) in "
+                    f"{time.perf_counter() - t_samples:.1f} s")
+                emit(Samples(step=step, samples=answers))
             model.train()
             if state["best_eval"] is None or eval_loss < state["best_eval"]:
                 state["best_eval"], state["evals_since_best"] = eval_loss, 0
