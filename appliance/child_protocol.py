@@ -127,7 +127,7 @@ class Sample(_Strict):
     row: int = Field(description="The held-out row, 1-based in the dataset")
     question: str = Field(description="The last user message before the reference answer")
     reference: str
-    answer: str = Field(description="Greedy, at most a few dozen tokens")
+    answer: str = Field(description="Greedy, at most a few dozen tokens; cut at the time budget (trainer/samples.py)")
 
 
 class Samples(_Strict):

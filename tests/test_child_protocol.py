@@ -149,7 +149,7 @@ def test_the_specs_the_worker_writes_parse_in_the_childrens_models(api: TestClie
     art = api.post("/api/artifacts/export", json={"base_model_id": BUNDLED_ID, "type": "f16"})
     assert res.status_code == 201 and art.status_code == 202, (res.text, art.text)
     worker = Worker(runtime)
-    training, export = worker.kinds
+    training, export, _evaluating = worker.kinds
     run = runs.QUEUE.claim(engine=runtime.engine, pid=1)
     launch = training.prepare(run)
     spec = read_spec(launch.spec_file, TrainSpec)

@@ -127,7 +127,7 @@ class SamplePublic(BaseModel):
     row: int = Field(description="The held-out row, 1-based in the run's dataset")
     question: str
     reference: str
-    answer: str = Field(description="Greedy, at most 48 new tokens")
+    answer: str = Field(description="Greedy, at most 48 new tokens, cut short when the step's time budget runs out")
     created_at: datetime
 
     @classmethod

@@ -239,6 +239,7 @@ def train(spec: TrainSpec) -> None:
     model.train()
     history: list[float] = []
     eval_every = cfg.eval_steps or cfg.save_steps
+    trained_s = 0.0  # since the last eval step: the held-out questions' time budget (trainer/samples.py)
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         micro = [plan.micro_batch((step - 1) * ga + j) for j in range(ga)]
@@ -259,6 +260,7 @@ def train(spec: TrainSpec) -> None:
         sched.step()
         opt.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
+        trained_s += elapsed
         if step % cfg.logging_steps == 0 or step == total:
             emit(Metric(kind="train", step=step, loss=loss_value, learning_rate=lr, grad_norm=grad_norm,
                         tokens_per_s=real_tokens / elapsed, tokens=real_tokens, memory_mb=peak_memory_mb(device),
@@ -269,16 +271,17 @@ def train(spec: TrainSpec) -> None:
             eval_loss = evaluate(sharded, val_set, cfg.per_device_train_batch_size, gate)
             emit(Metric(kind="eval", step=step, loss=eval_loss))
             if probes:
-                t_samples = time.perf_counter()
-                answers = samples.answer(model, tok, probes, device, gate, stops)
+                t_samples, budget_s = time.perf_counter(), samples.budget(trained_s)
+                answers = samples.answer(model, tok, probes, device, gate, stops, budget_s)
                 log(f"step {step}: answered {len(answers)} held-out question(s) in "
-                    f"{time.perf_counter() - t_samples:.1f} s")
+                    f"{time.perf_counter() - t_samples:.1f} s (budget {budget_s:.1f} s)")
                 emit(Samples(step=step, samples=answers))
             model.train()
             if state["best_eval"] is None or eval_loss < state["best_eval"]:
                 state["best_eval"], state["evals_since_best"] = eval_loss, 0
             else:
                 state["evals_since_best"] += 1
+            trained_s = 0.0
             stop = cfg.early_stopping_steps is not None and state["evals_since_best"] >= cfg.early_stopping_steps
         if step % cfg.save_steps == 0 and step < total and not stop:
             path = save_checkpoint(run_dir, step, model, opt, sched, state)

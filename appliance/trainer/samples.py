@@ -1,6 +1,9 @@
 """Answers to a few held-out questions at each eval step, so the live page shows how the answers change
 as the eval loss falls (issue 13). Kept cheap: at most SAMPLE_QUESTIONS questions, greedy, at most
-SAMPLE_TOKENS new tokens each, the kiosks' gate waited on before each question.
+SAMPLE_TOKENS new tokens each, the kiosks' gate waited on before each question, and all of them within a
+time budget (`budget`): a tenth of the training time since the last eval step, at least SAMPLE_MIN_S. An
+answer that runs out of time is cut there, so on a slow CPU answers are shorter, never the run longer
+by more than that share.
 
 A question is a held-out row's messages before its last assistant message, rendered with the run's chat
 template and a generation prompt (as the evaluation child asks it); the reference is that message.
@@ -9,6 +12,7 @@ template and a generation prompt (as the evaluation child asks it); the referenc
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,8 @@ from appliance.serving import ServingGate
 
 SAMPLE_QUESTIONS = 3
 SAMPLE_TOKENS = 48
+SAMPLE_SHARE = 0.1  # of the training time since the last eval step
+SAMPLE_MIN_S = 3.0
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
@@ -60,17 +66,28 @@ def stop_ids(tok: ChatTokenizer) -> list[int]:
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
+def budget(trained_s: float) -> float:
+    """Seconds all the questions of one eval step may take, after `trained_s` seconds of training."""
+    return max(SAMPLE_MIN_S, SAMPLE_SHARE * trained_s)
+
+
 def answer(model: Any, tok: ChatTokenizer, questions: list[Probe], device: torch.device, gate: ServingGate,
-           stops: list[int]) -> list[Sample]:
-    """Greedy answers of `model` (in eval mode: the caller's job) to each question."""
+           stops: list[int], budget_s: float) -> list[Sample]:
+    """Greedy answers of `model` (in eval mode: the caller's job) to each question, each within an equal
+    share of what is left of `budget_s` (waits for kiosks not counted)."""
     out: list[Sample] = []
-    for probe in questions:
+    spent = 0.0
+    for k, probe in enumerate(questions):
         gate.wait()
         ids = torch.tensor([probe.prompt_ids], dtype=torch.long, device=device)
+        share = max(0.05, (budget_s - spent) / (len(questions) - k))
+        t0 = time.perf_counter()
         with torch.no_grad():
             generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                       max_new_tokens=SAMPLE_TOKENS, do_sample=False, num_beams=1,
+                                       max_new_tokens=SAMPLE_TOKENS, do_sample=False, num_beams=1, max_time=share,
+                                       use_cache=True,  # the trainer turns it off in the config (no KV cache)
                                        eos_token_id=stops or None, pad_token_id=stops[0] if stops else 0)
+        spent += time.perf_counter() - t0
         new = [t for t in generated[0, ids.shape[1]:].tolist() if t not in stops]
         text = tok.tokenizer.decode(new, skip_special_tokens=True).strip()
         out.append(Sample(row=probe.row, question=probe.question, reference=probe.reference, answer=text))
