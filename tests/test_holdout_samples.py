@@ -65,8 +65,9 @@ def test_held_out_rows_become_an_eval_dataset_and_eval_steps_store_answers(data_
 
     # Samples at each eval step (1 and 2), for the held-out questions, by step.
     got = client.get(f"/api/runs/{run_id}/samples").json()
-    assert [(s["step"], s["row"]) for s in got] == [(1, expected[0]), (1, expected[1]), (2, expected[0]),
-                                                    (2, expected[1])]
+    for step in (1, 2):  # within the time budget: the first question always, the second if time is left
+        assert [s["row"] for s in got if s["step"] == step] in ([expected[0]], expected)
+    assert [s["step"] for s in got] == sorted(s["step"] for s in got)
     first = json.loads(source_lines[expected[0] - 1])["messages"]
     assert got[0]["question"] == first[-2]["content"] and got[0]["reference"] == first[-1]["content"]
     assert all(isinstance(s["answer"], str) and len(s["answer"]) < 400 for s in got)
@@ -82,7 +83,7 @@ def test_held_out_rows_become_an_eval_dataset_and_eval_steps_store_answers(data_
 
     # A resumed attempt forgets the samples past its checkpoint, as it forgets metrics.
     runs.forget_after(engine=rt.engine, run_id=run_id, step=1)
-    assert [s["step"] for s in client.get(f"/api/runs/{run_id}/samples").json()] == [1, 1]
+    assert {s["step"] for s in client.get(f"/api/runs/{run_id}/samples").json()} == {1}
     client.close()
     rt.engine.dispose()
 

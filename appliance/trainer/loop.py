@@ -273,7 +273,7 @@ def train(spec: TrainSpec) -> None:
             if probes:
                 t_samples, budget_s = time.perf_counter(), samples.budget(trained_s)
                 answers = samples.answer(model, tok, probes, device, gate, stops, budget_s)
-                log(f"step {step}: answered {len(answers)} held-out question(s) in "
+                log(f"step {step}: answered {len(answers)} of {len(probes)} held-out question(s) in "
                     f"{time.perf_counter() - t_samples:.1f} s (budget {budget_s:.1f} s)")
                 emit(Samples(step=step, samples=answers))
             model.train()

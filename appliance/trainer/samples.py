@@ -2,8 +2,8 @@
 as the eval loss falls (issue 13). Kept cheap: at most SAMPLE_QUESTIONS questions, greedy, at most
 SAMPLE_TOKENS new tokens each, the kiosks' gate waited on before each question, and all of them within a
 time budget (`budget`): a tenth of the training time since the last eval step, at least SAMPLE_MIN_S. An
-answer that runs out of time is cut there, so on a slow CPU answers are shorter, never the run longer
-by more than that share.
+answer that runs out of time is cut there and the questions after it are skipped at that step, so on a
+slow CPU answers are fewer and shorter (the first question is always asked: one forward pass at least).
 
 A question is a held-out row's messages before its last assistant message, rendered with the run's chat
 template and a generation prompt (as the evaluation child asks it); the reference is that message.
@@ -78,6 +78,8 @@ def answer(model: Any, tok: ChatTokenizer, questions: list[Probe], device: torch
     out: list[Sample] = []
     spent = 0.0
     for k, probe in enumerate(questions):
+        if k and spent >= budget_s:  # out of time: the first question is always asked, the rest wait
+            break
         gate.wait()
         ids = torch.tensor([probe.prompt_ids], dtype=torch.long, device=device)
         share = max(0.05, (budget_s - spent) / (len(questions) - k))
