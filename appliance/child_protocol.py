@@ -5,7 +5,8 @@ the worker each line as it arrives. Every model refuses unknown keys, so a key a
 the other fails in a test, not at a site.
 
     worker --spec.json--> child          TrainSpec | ExportSpec | EvalSpec
-    child  --stdout lines--> worker      TrainMessage: plan, data, metric, checkpoint, done, error
+    child  --stdout lines--> worker      TrainMessage: plan, data, holdout, metric, samples, checkpoint, done,
+                                         error
                                          ExportMessage: progress, done, error
                                          EvalMessage: progress, done, error
 
@@ -114,6 +115,29 @@ class DataReport(_Strict):
     dropped: list[RowNote]
 
 
+class HeldOut(_Strict):
+    """The rows held out as the run's eval set (val_size): exactly the rows its eval loss is computed on.
+    The worker records them as an eval dataset (purpose "eval") and names it on the run."""
+
+    type: Literal["holdout"] = "holdout"
+    rows: list[int] = Field(min_length=1, description="1-based, in the dataset's order, ascending")
+
+
+class Sample(_Strict):
+    row: int = Field(description="The held-out row, 1-based in the dataset")
+    question: str = Field(description="The last user message before the reference answer")
+    reference: str
+    answer: str = Field(description="Greedy, at most a few dozen tokens; cut at the time budget (trainer/samples.py)")
+
+
+class Samples(_Strict):
+    """Answers the model gives at an eval step to a few held-out questions."""
+
+    type: Literal["samples"] = "samples"
+    step: int
+    samples: list[Sample]
+
+
 class Metric(_Strict):
     """One logged step (kind train) or evaluation (kind eval: loss only). loss: mean per label token."""
 
@@ -184,10 +208,12 @@ class Failed(_Strict):
     verification: dict[str, Any] | None = None
 
 
-TrainMessage = Annotated[Plan | DataReport | Metric | CheckpointSaved | TrainDone | Failed, Field(discriminator="type")]
+TrainMessage = Annotated[Plan | DataReport | HeldOut | Metric | Samples | CheckpointSaved | TrainDone | Failed,
+                         Field(discriminator="type")]
 ExportMessage = Annotated[Progress | ExportDone | Failed, Field(discriminator="type")]
 EvalMessage = Annotated[Progress | EvalDone | Failed, Field(discriminator="type")]
-ChildMessage = Plan | DataReport | Metric | CheckpointSaved | TrainDone | Progress | ExportDone | EvalDone | Failed
+ChildMessage = (Plan | DataReport | HeldOut | Metric | Samples | CheckpointSaved | TrainDone | Progress | ExportDone
+                | EvalDone | Failed)
 
 _TRAIN: TypeAdapter[Any] = TypeAdapter(TrainMessage)
 _EXPORT: TypeAdapter[Any] = TypeAdapter(ExportMessage)

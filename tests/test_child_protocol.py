@@ -25,11 +25,14 @@ from appliance.child_protocol import (
     ExportDone,
     ExportSpec,
     Failed,
+    HeldOut,
     Metric,
     Plan,
     Progress,
     ProtocolError,
     RowNote,
+    Sample,
+    Samples,
     ServingSpec,
     TrainDone,
     TrainSpec,
@@ -51,7 +54,9 @@ TRAIN_MESSAGES: list[BaseModel] = [
                dropped=[RowNote(row=3, tokens=200, detail="the answer alone is 120 tokens")]),
     Metric(kind="train", step=3, loss=1.25, learning_rate=2e-4, grad_norm=0.5, tokens_per_s=812.5, tokens=384,
            memory_mb=1024.0, epoch=0.5),
+    HeldOut(rows=[2, 5]),
     Metric(kind="eval", step=3, loss=1.5),
+    Samples(step=3, samples=[Sample(row=2, question="Opening hours?", reference="9 to 5.", answer="9 to")]),
     CheckpointSaved(step=3, path=Path("/data/runs/run_x/checkpoints/step-0000003")),
     TrainDone(adapter=Path("/data/runs/run_x/adapter"), steps=12, best_eval=None),
     Failed(message="loss became nan at step 4"),
@@ -64,7 +69,8 @@ EXPORT_MESSAGES: list[BaseModel] = [
                summary={"architecture": "llama", "modules": 60, "rank": 8, "alpha": 16, "type": "f32"}),
     Failed(message="top-1 agreement 41% is below 90% for q4_0", verification=VERIFICATION),
 ]
-WIRE_NAMES = {Plan: "plan", DataReport: "data", Metric: "metric", CheckpointSaved: "checkpoint", TrainDone: "done",
+WIRE_NAMES = {Plan: "plan", DataReport: "data", HeldOut: "holdout", Samples: "samples", Metric: "metric",
+              CheckpointSaved: "checkpoint", TrainDone: "done",
               Progress: "progress", ExportDone: "done", Failed: "error"}
 
 
@@ -87,6 +93,10 @@ def test_the_trainers_data_report_is_a_data_message() -> None:
     ("train", '{"type": "metric", "kind": "train", "step": 1, "loss": 2.0, "perplexity": 7.4}',
      "perplexity: Extra inputs are not permitted"),
     ("train", '{"type": "metric", "kind": "train", "loss": 2.0}', "metric.step: Field required"),
+    ("train", '{"type": "holdout", "rows": []}', "holdout.rows: List should have at least 1 item"),
+    ("train", '{"type": "samples", "step": 2, "samples": [{"row": 1, "question": "q", "answer": "a"}]}',
+     "samples.samples.0.reference: Field required"),
+    ("export", '{"type": "holdout", "rows": [1]}', "does not match any of the expected tags"),
     ("train", '{"type": "hello", "text": "hi"}', "does not match any of the expected tags"),
     ("train", '{"message": "no type"}', "Unable to extract tag using discriminator"),
     ("train", '{"type": "progress", "stage": "merge", "progress": 0.5}', "does not match any of the expected tags"),
@@ -139,7 +149,7 @@ def test_the_specs_the_worker_writes_parse_in_the_childrens_models(api: TestClie
     art = api.post("/api/artifacts/export", json={"base_model_id": BUNDLED_ID, "type": "f16"})
     assert res.status_code == 201 and art.status_code == 202, (res.text, art.text)
     worker = Worker(runtime)
-    training, export = worker.kinds
+    training, export, _evaluating = worker.kinds
     run = runs.QUEUE.claim(engine=runtime.engine, pid=1)
     launch = training.prepare(run)
     spec = read_spec(launch.spec_file, TrainSpec)

@@ -19,14 +19,14 @@ from appliance.paths import Paths
 
 TABLES = {
     "alembic_version", "base_models", "datasets", "dataset_token_stats", "runs", "checkpoints",
-    "artifacts", "deployments", "events", "run_metrics", "evaluations",
+    "artifacts", "deployments", "events", "run_metrics", "evaluations", "run_samples",
 }
 
 
 def test_upgrade_to_head_and_downgrade_to_base(tmp_path: Path) -> None:
     paths = Paths.from_data_dir(tmp_path / "data")
     migrate.upgrade(paths)
-    assert migrate.current_revision(paths) == "0006"
+    assert migrate.current_revision(paths) == "0007"
     engine = create_engine(paths.db_url)
     assert set(inspect(engine).get_table_names()) == TABLES
     with engine.connect() as conn:

@@ -134,7 +134,9 @@ def test_run_goes_queued_running_succeeded_and_loss_goes_down(env: Env) -> None:
     assert (adapter / "adapter_model.safetensors").exists() and (adapter / "adapter_config.json").exists()
     with Session(env.runtime.engine) as session:
         kinds = [e.kind for e in session.exec(select(Event).where(Event.entity_id == run["id"]))]
-    assert kinds == ["run.queued", "run.running", "run.succeeded"]
+    assert kinds == ["run.queued", "run.running", "run.holdout", "run.succeeded"]  # val_size: held-out eval set
+    assert done["holdout_dataset_id"] and {s["step"] for s in env.client.get(f"/api/runs/{run['id']}/samples").json()} \
+        == {3, 6}
     events = env.client.get(f"/api/runs/{run['id']}/events")
     assert events.headers["content-type"].startswith("text/event-stream")
     assert events.text.count("event: metric") == 8 and '"status": "succeeded"' in events.text

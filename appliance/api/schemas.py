@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from appliance.db.tables import Artifact, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric
+from appliance.db.tables import Artifact, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric, RunSample
 from appliance.jobs.runs import RunExtra
 
 
@@ -63,7 +63,8 @@ class DatasetPublic(BaseModel):
     id: str
     name: str
     format: str = Field(description="alpaca, sharegpt or messages: the shape of the uploaded rows")
-    source_type: str = Field(description="json, jsonl, csv or parquet: the uploaded file's type")
+    source_type: str = Field(description="json, jsonl, csv or parquet: the uploaded file's type; holdout: a "
+                             "run's held-out rows (val_size), an eval set the gate does not pick by itself")
     source_filename: str
     sha256: str = Field(description="sha256 of the normalized JSONL: the same content is the same dataset")
     rows: int
@@ -121,6 +122,19 @@ class MetricPublic(BaseModel):
         return cls.model_validate(m, from_attributes=True)
 
 
+class SamplePublic(BaseModel):
+    step: int = Field(description="The eval step the answer was generated at")
+    row: int = Field(description="The held-out row, 1-based in the run's dataset")
+    question: str
+    reference: str
+    answer: str = Field(description="Greedy, at most 48 new tokens, cut short when the step's time budget runs out")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, s: RunSample) -> SamplePublic:
+        return cls.model_validate(s, from_attributes=True)
+
+
 class CheckpointPublic(BaseModel):
     step: int
     created_at: datetime
@@ -150,6 +164,9 @@ class RunPublic(BaseModel):
     data_report: dict[str, Any] | None = Field(
         description="Rows truncated or dropped at cutoff_len (counts, and each row's number, size and what was "
         "cut or why it was dropped), once the trainer has read the dataset")
+    holdout_dataset_id: str | None = Field(
+        description="The eval dataset of the rows the run holds out (val_size), once its trainer has started: "
+        "evaluate an export on it with POST /api/evaluations")
     checkpoints: list[CheckpointPublic]
     adapter_artifact_id: str | None
     created_at: datetime
@@ -166,6 +183,7 @@ class RunPublic(BaseModel):
             result=json.loads(r.result_json) if r.result_json else None, attempts=r.attempts,
             paused_for_serving_s=round(r.paused_for_serving_s, 3), chat_template_name=r.chat_template_name,
             chat_template=r.chat_template, data_report=json.loads(r.data_report_json) if r.data_report_json else None,
+            holdout_dataset_id=r.holdout_dataset_id,
             checkpoints=[CheckpointPublic(step=c.step, created_at=c.created_at) for c in extra.checkpoints],
             adapter_artifact_id=extra.adapter_artifact_id, created_at=r.created_at, started_at=r.started_at,
             finished_at=r.finished_at,

@@ -100,6 +100,8 @@ class Run(SQLModel, table=True):
     chat_template: str | None = None
     # Rows truncated or dropped at cutoff_len, as the trainer reported them (trainer/data.py DataReport).
     data_report_json: str | None = None
+    # The eval dataset made of the rows the run holds out (val_size), recorded when its trainer starts.
+    holdout_dataset_id: str | None = Field(default=None, sa_column=_fk("datasets.id", "SET NULL", nullable=True))
     worker_pid: int | None = None
     heartbeat_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -122,6 +124,22 @@ class RunMetric(SQLModel, table=True):
     tokens: int | None = None
     memory_mb: float | None = None
     epoch: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class RunSample(SQLModel, table=True):
+    """An answer the model gave at an eval step to a held-out question (trainer/samples.py)."""
+
+    __tablename__ = "run_samples"
+    __table_args__ = (UniqueConstraint("run_id", "step", "row"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(sa_column=_fk("runs.id", "CASCADE"))
+    step: int
+    row: int  # 1-based, in the run's dataset
+    question: str
+    reference: str
+    answer: str
     created_at: datetime = Field(default_factory=utcnow)
 
 

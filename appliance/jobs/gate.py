@@ -3,7 +3,8 @@ than the model serving now (appliance/evaluation/compare.py: the verdict per met
 settings: APPLIANCE_GATE_MAX_NLL_INCREASE, _OVERLAP_DROP, _RETENTION_DROP).
 
 - The site's eval set: the dataset named in the request, else the newest dataset uploaded with
-  `purpose=eval`. None: the deployment proceeds and its record says it was not gated.
+  `purpose=eval` (a run's held-out rows, source_type "holdout", are not the site's set). None: the
+  deployment proceeds and its record says it was not gated.
 - Both models' evaluations on it are reused when they exist, else queued. When both have succeeded
   at request time the answer is immediate: 409 naming the worse metrics, or the deployment. Otherwise
   the deployment waits as `gating`; the worker settles it when the evaluations end (`resolve`):
@@ -56,8 +57,8 @@ class GateRecord(BaseModel):
 
 
 def site_eval_set(session: Session) -> Dataset | None:
-    """The newest dataset uploaded as an eval set."""
-    return session.exec(select(Dataset).where(Dataset.purpose == "eval")
+    """The newest dataset uploaded as an eval set (not a run's held-out rows: jobs/runs.py record_holdout)."""
+    return session.exec(select(Dataset).where(Dataset.purpose == "eval").where(Dataset.source_type != "holdout")
                         .order_by(col(Dataset.created_at).desc())).first()
 
 

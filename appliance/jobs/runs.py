@@ -16,12 +16,21 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from appliance import fsutil
-from appliance.child_protocol import DataReport, Metric
+from appliance.child_protocol import DataReport, Metric, Sample
 from appliance.datasets.stats import pick_model
 from appliance.db import events
 from appliance.db.engine import write_session
 from appliance.db.status import RunStatus
-from appliance.db.tables import Artifact, Checkpoint, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric
+from appliance.db.tables import (
+    Artifact,
+    Checkpoint,
+    Dataset,
+    DatasetTokenStats,
+    ModelRecord,
+    Run,
+    RunMetric,
+    RunSample,
+)
 from appliance.errors import ConflictError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
@@ -33,6 +42,7 @@ from appliance.trainer.config import TrainConfig, load_preset, parse_config
 from appliance.trainer.targets import check_targets
 
 TERMINAL = {RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled}
+HOLDOUT = "holdout"  # source_type of a run's held-out eval dataset: never the site's eval set (jobs/gate.py)
 
 
 # --- the queue (appliance/jobs/queue.py) ---------------------------------------------------
@@ -219,6 +229,54 @@ def record_data(*, engine: Engine, run_id: str, report: DataReport) -> None:
                                   f"{dropped} dropped (rows {named['dropped']})")
 
 
+def record_holdout(*, engine: Engine, paths: Paths, run_id: str, rows: list[int]) -> Dataset:
+    """The rows the trainer holds out (val_size) become an eval dataset (purpose "eval", source_type
+    "holdout"), content-addressed like any dataset, named on the run. A resumed attempt holds out the same
+    rows: the same dataset. It is not the gate's site eval set (jobs/gate.py site_eval_set): a run's own
+    held-out rows measure that run, not the site."""
+    from appliance.datasets.record import NewDataset, record_datasets
+
+    with Session(engine) as session:
+        run = get_run(session, run_id)
+        source = session.get(Dataset, run.dataset_id)
+        assert source is not None
+        cfg = TrainConfig.model_validate_json(run.config_json)
+        label, base_model_id = run.name or run.id, run.base_model_id
+    wanted = set(rows)
+    with open(paths.resolve(source.path), encoding="utf-8") as f:
+        conversations = [json.loads(line)["messages"] for i, line in enumerate(f, 1) if i in wanted]
+    if len(conversations) != len(wanted):
+        raise ValueError(f"the trainer held out rows {sorted(wanted)[:20]}, but {source.id} has no such rows")
+    item = NewDataset(name=f"{label} held-out", source_filename=f"{run_id}.holdout.jsonl", format="messages",
+                      source_type=HOLDOUT, conversations=conversations, purpose="eval",
+                      origin=f"held out by run {run_id} from {source.id} (val_size {cfg.val_size})")
+    [(dataset, _created)] = record_datasets(engine=engine, paths=paths, items=[item], base_model_id=base_model_id,
+                                            cutoff_len=cfg.cutoff_len)
+    with write_session(engine) as session:
+        run = get_run(session, run_id)
+        if run.holdout_dataset_id != dataset.id:
+            run.holdout_dataset_id = dataset.id
+            session.add(run)
+            events.record(session, kind="run.holdout", entity_type="run", entity_id=run_id,
+                          message=f"{len(conversations)} held-out rows recorded as eval dataset {dataset.id}"
+                                  + ("" if dataset.purpose == "eval" else f" (already recorded as {dataset.purpose})"))
+    return dataset
+
+
+def record_samples(*, engine: Engine, run_id: str, step: int, samples: list[Sample]) -> None:
+    """The answers to held-out questions at an eval step; a resumed attempt's repeat of a step replaces them."""
+    with write_session(engine) as session:
+        session.exec(delete(RunSample).where(col(RunSample.run_id) == run_id).where(  # type: ignore[call-overload]
+            col(RunSample.step) == step))
+        for s in samples:
+            session.add(RunSample(run_id=run_id, step=step, **s.model_dump()))
+
+
+def samples(session: Session, run_id: str) -> list[RunSample]:
+    query = select(RunSample).where(RunSample.run_id == run_id)
+    return list(session.exec(query.order_by(col(RunSample.step), col(RunSample.row))))
+
+
 def metrics(session: Session, run_id: str, after_id: int = 0) -> list[RunMetric]:
     query = select(RunMetric).where(RunMetric.run_id == run_id).where(col(RunMetric.id) > after_id)
     return list(session.exec(query.order_by(col(RunMetric.kind).desc(), col(RunMetric.step))))
@@ -254,6 +312,8 @@ def forget_after(*, engine: Engine, run_id: str, step: int) -> None:
     with write_session(engine) as session:
         session.exec(delete(RunMetric).where(col(RunMetric.run_id) == run_id).where(  # type: ignore[call-overload]
             col(RunMetric.step) > step))
+        session.exec(delete(RunSample).where(col(RunSample.run_id) == run_id).where(  # type: ignore[call-overload]
+            col(RunSample.step) > step))
         run = get_run(session, run_id)
         run.step = step
         session.add(run)

@@ -22,6 +22,7 @@ GROUP_FACTOR = 50  # length-grouping window, in batches
 class Example:
     input_ids: list[int]
     labels: list[int]
+    row: int = 0  # 1-based, in the dataset's order (trainer/rows.py load_examples); 0: not from a dataset
 
     @property
     def label_count(self) -> int:

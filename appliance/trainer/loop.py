@@ -2,8 +2,8 @@
 
     python -m appliance.trainer SPEC.json
 
-It talks to the worker with one JSON object per line on stdout (plan, metric, checkpoint, done,
-error); human-readable logs go to stderr. It never touches the database: the worker records.
+It talks to the worker with one JSON object per line on stdout (plan, data, holdout, metric, samples,
+checkpoint, done, error); human-readable logs go to stderr. It never touches the database: the worker records.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from appliance.child_protocol import (
     CheckpointSaved,
     DataReport,
     Failed,
+    HeldOut,
     Metric,
     Plan,
+    Samples,
     TrainDone,
     TrainSpec,
     emit,
@@ -37,7 +39,7 @@ from appliance.child_protocol import (
 from appliance.models.chat import ChatTokenizer
 from appliance.paths import CheckpointDir, RunDir
 from appliance.serving import ServingGate
-from appliance.trainer import data, rows
+from appliance.trainer import data, rows, samples
 from appliance.trainer.loss import CHUNK_ROWS, label_loss
 from appliance.trainer.model import load, parts, pick_device
 from appliance.trainer.parallel import ShardPool, can_shard
@@ -211,6 +213,11 @@ def train(spec: TrainSpec) -> None:
     ga = cfg.gradient_accumulation_steps
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * math.ceil(plan.per_epoch / ga)))
     emit(Plan(max_steps=total, examples=len(train_set), val_examples=len(val_set)))
+    held_out = sorted(e.row for e in val_set)
+    if held_out:  # the worker records them as the run's eval dataset
+        emit(HeldOut(rows=held_out))
+    probes = samples.probes(spec.dataset_path, held_out, tok, cfg.cutoff_len) if held_out else []
+    stops = samples.stop_ids(tok)
     pad_id = tok.tokenizer.token_to_id(tok.special.get("pad_token") or tok.special.get("eos_token") or "") or 0
 
     model = load(spec.hf_dir, cfg, device)
@@ -232,6 +239,7 @@ def train(spec: TrainSpec) -> None:
     model.train()
     history: list[float] = []
     eval_every = cfg.eval_steps or cfg.save_steps
+    trained_s = 0.0  # since the last eval step: the held-out questions' time budget (trainer/samples.py)
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         micro = [plan.micro_batch((step - 1) * ga + j) for j in range(ga)]
@@ -252,6 +260,7 @@ def train(spec: TrainSpec) -> None:
         sched.step()
         opt.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
+        trained_s += elapsed
         if step % cfg.logging_steps == 0 or step == total:
             emit(Metric(kind="train", step=step, loss=loss_value, learning_rate=lr, grad_norm=grad_norm,
                         tokens_per_s=real_tokens / elapsed, tokens=real_tokens, memory_mb=peak_memory_mb(device),
@@ -260,12 +269,19 @@ def train(spec: TrainSpec) -> None:
         if val_set and (step % eval_every == 0 or step == total):
             model.eval()
             eval_loss = evaluate(sharded, val_set, cfg.per_device_train_batch_size, gate)
-            model.train()
             emit(Metric(kind="eval", step=step, loss=eval_loss))
+            if probes:
+                t_samples, budget_s = time.perf_counter(), samples.budget(trained_s)
+                answers = samples.answer(model, tok, probes, device, gate, stops, budget_s)
+                log(f"step {step}: answered {len(answers)} of {len(probes)} held-out question(s) in "
+                    f"{time.perf_counter() - t_samples:.1f} s (budget {budget_s:.1f} s)")
+                emit(Samples(step=step, samples=answers))
+            model.train()
             if state["best_eval"] is None or eval_loss < state["best_eval"]:
                 state["best_eval"], state["evals_since_best"] = eval_loss, 0
             else:
                 state["evals_since_best"] += 1
+            trained_s = 0.0
             stop = cfg.early_stopping_steps is not None and state["evals_since_best"] >= cfg.early_stopping_steps
         if step % cfg.save_steps == 0 and step < total and not stop:
             path = save_checkpoint(run_dir, step, model, opt, sched, state)

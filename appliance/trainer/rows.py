@@ -12,7 +12,7 @@ question, does not fit; cutting the answer instead would train a response that n
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ def load_examples(
             if fitted.example is None:
                 report.add("dropped", RowNote(i + 1, fitted.tokens, fitted.note or ""))
                 continue
-            examples.append(fitted.example)
+            examples.append(replace(fitted.example, row=i + 1))
             report.used += 1
             if fitted.note:
                 report.add("truncated", RowNote(i + 1, fitted.tokens, fitted.note, kept=len(fitted.example.input_ids)))

@@ -70,12 +70,24 @@ async function drawChart() {
   const points = (await api(`/api/runs/${chartRun}/metrics`)).filter((m) => m.kind === "train");
   const svg = $("chart"); svg.replaceChildren(); $("chart-box").hidden = false;
   $("chart-title").textContent = `${chartRun}: training loss by step`;
+  await drawSamples();
   if (points.length < 2) return;
   const maxStep = points[points.length - 1].step, maxLoss = Math.max(...points.map((p) => p.loss));
   const xy = points.map((p) => `${(p.step / maxStep) * 590 + 5},${155 - (p.loss / maxLoss) * 145}`).join(" ");
   const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
   line.setAttribute("points", xy); line.setAttribute("fill", "none"); line.setAttribute("stroke", "#2d6cdf");
   line.setAttribute("stroke-width", "2"); svg.appendChild(line);
+}
+
+// Answers to a few held-out questions at each eval step (runs with val_size), newest step first.
+async function drawSamples() {
+  const samples = (await api(`/api/runs/${chartRun}/samples`)).sort((a, b) => b.step - a.step || a.row - b.row).slice(0, 30);
+  const tbody = $("samples"); tbody.replaceChildren(); $("samples-box").hidden = samples.length === 0;
+  for (const s of samples) {
+    const tr = document.createElement("tr");
+    cell(tr, s.step); cell(tr, s.question); cell(tr, s.answer); cell(tr, s.reference);
+    tbody.appendChild(tr);
+  }
 }
 
 async function loadRunForm(datasets) {

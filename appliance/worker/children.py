@@ -29,7 +29,9 @@ from appliance.child_protocol import (
     ExportDone,
     ExportSpec,
     Failed,
+    HeldOut,
     Metric,
+    Samples,
     ServingSpec,
     TrainDone,
     TrainSpec,
@@ -145,8 +147,16 @@ class Training(ChildKind):
         rt = self.rt
         if isinstance(msg, DataReport):
             runs.record_data(engine=rt.engine, run_id=job.job_id, report=msg)
+        elif isinstance(msg, HeldOut):
+            try:
+                runs.record_holdout(engine=rt.engine, paths=rt.paths, run_id=job.job_id, rows=msg.rows)
+            except Exception as exc:  # the run trains on; only its eval set goes unrecorded (said in the log)
+                print(f"[worker] {job.job_id}: could not record the held-out rows as a dataset: {exc}",
+                      file=sys.stderr, flush=True)
         elif isinstance(msg, Metric):
             runs.record_metric(engine=rt.engine, run_id=job.job_id, metric=msg)
+        elif isinstance(msg, Samples):
+            runs.record_samples(engine=rt.engine, run_id=job.job_id, step=msg.step, samples=msg.samples)
         elif isinstance(msg, CheckpointSaved):
             assert isinstance(job.spec, TrainSpec)
             runs.record_checkpoint(engine=rt.engine, paths=rt.paths, run_id=job.job_id, step=msg.step, path=msg.path,

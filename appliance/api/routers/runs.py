@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
 from appliance.api.errors import responses
-from appliance.api.schemas import MetricPublic, RunPublic
+from appliance.api.schemas import MetricPublic, RunPublic, SamplePublic
 from appliance.db.tables import Run
 from appliance.jobs import runs
 from appliance.trainer.config import list_presets
@@ -74,6 +74,14 @@ def show(run_id: str, session: SessionDep) -> RunPublic:
 def metrics(run_id: str, session: SessionDep) -> list[MetricPublic]:
     runs.get_run(session, run_id)
     return [MetricPublic.of(m) for m in runs.metrics(session, run_id)]
+
+
+@router.get("/{run_id}/samples", response_model=list[SamplePublic],
+            summary="Answers to a few held-out questions at each eval step, by step",
+            responses=responses(notes=NOT_FOUND))
+def samples(run_id: str, session: SessionDep) -> list[SamplePublic]:
+    runs.get_run(session, run_id)
+    return [SamplePublic.of(s) for s in runs.samples(session, run_id)]
 
 
 @router.get("/{run_id}/events", summary="Live progress (Server-Sent Events: data, metric, status)",
