@@ -16,6 +16,7 @@ from appliance.api.errors import responses
 from appliance.bootstrap import Runtime
 from appliance.db.tables import Evaluation
 from appliance.errors import ConflictError
+from appliance.evaluation.schemas import Comparison, EvaluationResult
 from appliance.jobs import evaluations
 
 router = APIRouter(prefix="/api/evaluations", tags=["evaluations"], dependencies=[AdminDep],
@@ -87,8 +88,13 @@ def list_(session: SessionDep, dataset_id: str | None = Query(None), artifact_id
         session, dataset_id=dataset_id, artifact_id=artifact_id, base_model_id=base_model_id)]
 
 
-@router.get("/compare", summary="Two evaluations of the same eval set side by side",
-            responses=responses(notes={**NOT_FOUND, 409: "Not both succeeded, or not of the same eval set"}))
+CSV = {"text/csv": {"schema": {"type": "string"}}}
+
+
+@router.get("/compare", summary="Two evaluations of the same eval set side by side", response_model=None,
+            responses={200: {"model": Comparison, "description": "The comparison (format=json), or CSV",
+                             "content": CSV},
+                       **responses(notes={**NOT_FOUND, 409: "Not both succeeded, or not of the same eval set"})})
 def compare(runtime: RuntimeDep, baseline: str = Query(description="Evaluation id of the model to beat"),
             candidate: str = Query(description="Evaluation id of the new model"),
             format: Literal["json", "csv", "metrics.csv"] = Query("json")) -> Response:
@@ -117,7 +123,10 @@ def show(evaluation_id: str, session: SessionDep) -> EvaluationPublic:
 
 
 @router.get("/{evaluation_id}/questions", summary="Every question: the answer, the reference and its scores",
-            responses=responses(notes={**NOT_FOUND, 409: "Not succeeded yet"}))
+            response_model=None,
+            responses={200: {"model": EvaluationResult, "description": "The whole result (format=json), or CSV",
+                             "content": CSV},
+                       **responses(notes={**NOT_FOUND, 409: "Not succeeded yet"})})
 def questions(evaluation_id: str, runtime: RuntimeDep, format: Literal["json", "csv"] = Query("json")) -> Response:
     from appliance.evaluation.export import evaluation_csv, evaluation_json
 
