@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -188,6 +189,7 @@ def main() -> int:
             subprocess.run(["docker", "compose", "logs", "--no-color", "--tail", "40"], cwd=prefix, check=False)
         subprocess.run([str(prefix / "uninstall.sh"), "--purge"], cwd=prefix, check=False) if (
             prefix / "uninstall.sh").exists() else None
+        shutil.rmtree(work, ignore_errors=True)  # the unpacked bundle and the backup: gigabytes
     if args.results:
         args.results.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))
