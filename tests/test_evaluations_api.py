@@ -187,3 +187,31 @@ def test_an_evaluation_killed_with_its_worker_resumes_where_it_stopped(box: tupl
     assert sorted(indices) == list(range(len(EVAL_SET))), "every question scored once, none again"
     assert before >= 2
     assert any("evaluation will resume" in e.message for e in events(runtime, "evaluation.queued"))
+
+
+def test_a_run_with_deploy_auto_puts_its_export_through_the_gate(box: tuple[TestClient, Runtime]) -> None:
+    from appliance.child_protocol import ServingSpec
+    from appliance.db.engine import write_session
+    from appliance.db.tables import Artifact, Run
+    from appliance.worker.children import Export
+
+    c, runtime = box
+    upload_eval_set(c)
+    art_id = fine_tune(c)
+    with write_session(runtime.engine) as session:  # the run had asked for it: `deploy: auto`
+        art = session.get(Artifact, art_id)
+        assert art is not None and art.run_id is not None
+        run = session.get(Run, art.run_id)
+        assert run is not None
+        run.config_json = json.dumps({**json.loads(run.config_json), "deploy": "auto"})
+        session.add(run)
+        run_id = run.id
+    # What the worker does when the run's first export is ready.
+    Export(runtime, ServingSpec(lock=runtime.paths.serving_lock, enabled=False, min_share=1))._promote(art_id)
+    (dep,) = c.get("/api/deployments").json()
+    assert dep["artifact_id"] == art_id and dep["status"] == "gating"
+    drive_worker(runtime, lambda: c.get(f"/api/deployments/{dep['id']}").json()["status"] != "gating")
+    assert c.get(f"/api/deployments/{dep['id']}").json()["status"] == "pending"
+    said = [e.message for e in events(runtime, "run.promotion") if e.entity_id == run_id]
+    assert said[0].startswith("auto-promotion: deployment") and "gate waiting" in said[0], said
+    assert said[-1].startswith(f"deployment {dep['id']}: deployed"), said
