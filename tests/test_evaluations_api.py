@@ -6,13 +6,9 @@ evaluation killed with its worker resumes where it stopped."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +17,7 @@ from conftest import clone_data_dir, drive_worker, make_settings
 from fastapi.testclient import TestClient
 from samples import jsonl
 from sqlmodel import Session, col, select
-from test_restart_faults import wait_for, worker_process
+from test_restart_faults import power_cut, wait_for, worker_process
 
 from appliance.api.app import create_app
 from appliance.bootstrap import Runtime, bootstrap
@@ -164,12 +160,7 @@ def test_an_evaluation_killed_with_its_worker_resumes_where_it_stopped(box: tupl
     first = worker_process(runtime.paths.root, **env)
     try:
         wait_for(lambda: scored.exists() and len(scored.read_text().splitlines()) >= 2, "two questions scored")
-        children = subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()
-        first.send_signal(signal.SIGKILL)  # with its evaluation child, as a power cut would
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(child), signal.SIGKILL)
-        first.wait(60)
+        power_cut(first)  # with its evaluation child
     finally:
         if first.poll() is None:
             first.kill()

@@ -107,6 +107,16 @@ def worker_process(data_dir: Path, **env: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def power_cut(worker: subprocess.Popen[bytes]) -> None:
+    """Kill a worker process and its children with SIGKILL, as a power cut would."""
+    children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
+    worker.send_signal(signal.SIGKILL)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)
+    worker.wait(60)
+
+
 def test_an_export_killed_with_its_worker_restarts_as_soon_as_a_worker_starts(api: TestClient,
                                                                               runtime: Runtime) -> None:
     art_id = api.post("/api/artifacts/export", json={"base_model_id": BUNDLED_ID, "type": "f16"}).json()["id"]
@@ -118,12 +128,7 @@ def test_an_export_killed_with_its_worker_restarts_as_soon_as_a_worker_starts(ap
     try:
         wait_for(lambda: artifact()["status"] == "running" and artifact()["stage"] != "starting",
                  "the export started")
-        children = subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()
-        first.send_signal(signal.SIGKILL)  # with its export child, as a power cut would
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(child), signal.SIGKILL)
-        first.wait(60)
+        power_cut(first)
     finally:
         if first.poll() is None:
             first.kill()

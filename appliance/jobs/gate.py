@@ -26,21 +26,11 @@ from appliance.db.engine import write_session
 from appliance.db.status import DeploymentStatus, EvaluationStatus, transition
 from appliance.db.tables import Artifact, Dataset, Deployment, Evaluation
 from appliance.errors import ConflictError, NotFoundError
+from appliance.evaluation.schemas import MetricDiff
 from appliance.jobs import deployments, evaluations
 from appliance.paths import Paths
 
 Status = Literal["passed", "refused", "waiting", "not_gated", "forced"]
-
-
-class GateMetric(BaseModel):
-    metric: str
-    baseline: float
-    candidate: float
-    diff: float
-    low: float
-    high: float
-    margin: float
-    verdict: str
 
 
 class GateRecord(BaseModel):
@@ -53,7 +43,7 @@ class GateRecord(BaseModel):
     baseline_evaluation_id: str | None = None
     candidate_evaluation_id: str | None = None
     worse: list[str] = []
-    metrics: list[GateMetric] = []
+    metrics: list[MetricDiff] = []
 
 
 def site_eval_set(session: Session) -> Dataset | None:
@@ -80,8 +70,7 @@ def _compare(paths: Paths, margins: dict[str, float], base: Evaluation, cand: Ev
     baseline = evaluation_from_json(evaluations.result_file(paths, base).read_bytes())
     candidate = evaluation_from_json(evaluations.result_file(paths, cand).read_bytes())
     comparison = compare(baseline, candidate, margins=margins)
-    rows = [GateMetric(**m.model_dump(include=set(GateMetric.model_fields))) for m in comparison.metrics
-            if m.metric in GATE_METRICS]
+    rows = [m for m in comparison.metrics if m.metric in GATE_METRICS]
     worse = comparison.worse(GATE_METRICS)
     if worse:
         said = "; ".join(f"{m.metric} {m.baseline:.3f} -> {m.candidate:.3f} (95% interval of the change "
