@@ -18,8 +18,8 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-
-from rouge_score import rouge_scorer, tokenizers
+from functools import cache
+from typing import Any
 
 ARTICLES = frozenset({"a", "an", "the"})
 # CJK Unified Ideographs (+ extension A, compatibility), kana, Hangul syllables
@@ -34,17 +34,22 @@ def tokens(text: str) -> list[str]:
     return [t for t in _TOKEN.findall(text) if t not in ARTICLES]
 
 
-class _Tokenizer(tokenizers.Tokenizer):  # type: ignore[misc]
-    def tokenize(self, text: str) -> list[str]:
-        return tokens(text)
+@cache
+def _scorer() -> Any:
+    """rouge-score's scorer with the tokenizer above, made on first use: rouge-score imports nltk,
+    which only the evaluation child needs, not the control plane that imports this package."""
+    from rouge_score import rouge_scorer, tokenizers
 
+    class _Tokenizer(tokenizers.Tokenizer):  # type: ignore[misc]
+        def tokenize(self, text: str) -> list[str]:
+            return tokens(text)
 
-_SCORER = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokenizer())
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokenizer())
 
 
 def rouge_l(answer: str, reference: str) -> float:
     """ROUGE-L F-measure in [0, 1] (rouge-score; 0 when either side has no token)."""
-    return float(_SCORER.score(reference, answer)["rougeL"].fmeasure)
+    return float(_scorer().score(reference, answer)["rougeL"].fmeasure)
 
 
 def token_f1(answer: str, reference: str) -> float:
