@@ -81,7 +81,8 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
                    out_type: str | None = None, kind: str = "gguf") -> tuple[Artifact, bool]:
     """Queue an export. Returns (artifact, created): the same export already pending, running or
     ready is returned instead of being made twice."""
-    from appliance.export.gguf_write import ExportError, open_hf
+    from appliance.export.converter import exporter_for
+    from appliance.export.gguf_write import ExportError
     from appliance.export.quantize import check_type
 
     if (run_id is None) == (base_model_id is None):
@@ -123,7 +124,7 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
         if model.hf_path is None:
             raise _bad("base_model_id", f"model {model.id} has no full-precision (HF) copy to export from")
         try:
-            open_hf(paths.resolve(model.hf_path))
+            exporter_for(paths.resolve(model.hf_path))
         except ExportError as exc:
             raise _bad("base_model_id", str(exc)) from exc
         if run_id is None:
