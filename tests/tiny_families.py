@@ -46,14 +46,14 @@ def template(family: str, tokenizer_from: Path) -> str:
     return (TEMPLATES / name).read_text() if name else (tokenizer_from / "chat_template.jinja").read_text()
 
 
-def build(family: str, out: Path, tokenizer_from: Path, seed: int = 0) -> Path:
-    """Write a tiny `family` model (safetensors, config, tokenizer, its chat template) into `out`."""
+def model_of(family: str, seed: int = 0, **overrides: Any) -> Any:
+    """The tiny `family` model in memory (fp32, random weights; norms and biases random too)."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
 
     cls_name, extra, _ = SPECS[family]
-    config = getattr(transformers, cls_name)(**{**COMMON, **extra})
+    config = getattr(transformers, cls_name)(**{**COMMON, **extra, **overrides})
     if family in ARCHITECTURE:
         config.architectures = [ARCHITECTURE[family]]
     torch.manual_seed(seed)
@@ -62,6 +62,12 @@ def build(family: str, out: Path, tokenizer_from: Path, seed: int = 0) -> Path:
         for name, p in model.named_parameters():
             if p.dim() == 1:
                 p.normal_(1.0 if "norm" in name and not family.startswith("gemma") else 0.0, 0.1)
+    return model
+
+
+def build(family: str, out: Path, tokenizer_from: Path, seed: int = 0) -> Path:
+    """Write a tiny `family` model (safetensors, config, tokenizer, its chat template) into `out`."""
+    model = model_of(family, seed)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     shutil.copy2(tokenizer_from / "tokenizer.json", out / "tokenizer.json")
