@@ -7,9 +7,7 @@ run), in this process."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import gguf
 import pytest
@@ -17,56 +15,16 @@ import tiny_families
 from conftest import make_settings
 
 from appliance.bootstrap import bootstrap
-from appliance.child_protocol import ExportSpec, TrainSpec
 from appliance.errors import ModelImportError
 from appliance.models.chat import ChatTokenizer
 from appliance.models.families import FAMILIES, family_of, serving_template, template_kwargs
 from appliance.models.registry import BUNDLED_ID, import_model
-from appliance.trainer.config import TrainConfig
 
-QUESTIONS = [("Where is the pharmacy?", "The pharmacy is on floor 2, room 104."),
-             ("When does the lab open?", "The lab opens at seven in the morning."),
-             ("Who runs the front desk?", "Maria runs the front desk on weekdays."),
-             ("Is parking free?", "Parking is free for the first two hours.")]
 # Family key -> the name the tiny model is imported as. llama.cpp marks `</s>`, `<s>`, `<unk>` in any
 # model whose general.name says phi-3/phi3 and fails on a vocabulary without them (the SmolLM2 one).
 NAMES = {"phi3": "tiny-phi-4-mini"}
 # What each family's template renders when thinking is off (Qwen3: an empty think block to answer after).
 NO_THINKING = {"qwen3": "<|im_start|>assistant\n<think>\n\n</think>\n\n", "smollm3": "Reasoning Mode: /no_think"}
-
-
-def _messages(question: str, answer: str | None = None) -> list[dict[str, str]]:
-    out = [{"role": "user", "content": question}]
-    return [*out, {"role": "assistant", "content": answer}] if answer is not None else out
-
-
-def _train(hf: Path, work: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, list[float]]:
-    from appliance.trainer.loop import train
-
-    dataset = work / "faq.jsonl"
-    dataset.write_text("".join(json.dumps({"messages": _messages(q, a)}) + "\n" for q, a in QUESTIONS))
-    config = TrainConfig(max_steps=8, learning_rate=1e-2, lora_rank=8, cutoff_len=256, per_device_train_batch_size=4,
-                         warmup_ratio=0.0, save_steps=100, lr_scheduler_type="constant")
-    capsys.readouterr()
-    train(TrainSpec(run_id="run_family", run_dir=work / "run", config=config, dataset_path=dataset, hf_dir=hf))
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    losses = [m["loss"] for m in lines if m["type"] == "metric" and m["kind"] == "train"]
-    return work / "run" / "adapter", losses
-
-
-def _export(hf: Path, work: Path, out_type: str, name: str, adapter: Path | None,
-            merged: Path | None) -> dict[str, Any]:
-    from appliance.export.job import run
-
-    folder = work / f"export-{out_type}"
-    folder.mkdir()
-    spec = ExportSpec(artifact_id=f"art_{out_type}", kind="gguf", type=out_type, name=name, work_dir=folder,
-                      base_hf_dir=hf, adapter_dir=adapter, merged_dir=merged)
-    result = run(spec)
-    assert result["failure"] is None, result
-    result["path"] = folder / result["main"]
-    result["merged_path"] = folder / "merged" if result.get("merged") else merged
-    return result
 
 
 @pytest.mark.parametrize("key", list(tiny_families.SPECS))
@@ -83,15 +41,15 @@ def test_family_trains_exports_verifies_and_answers(key: str, data_dir: Path, tm
     family = family_of(model.architecture)
     hf = runtime.paths.model_dir(model.id) / "hf"
 
-    adapter, losses = _train(hf, tmp_path, capsys)
+    adapter, losses = tiny_families.train(hf, tmp_path, capsys)
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
 
-    f16 = _export(hf, tmp_path, "f16", model.id, adapter, None)
+    f16 = tiny_families.export(hf, tmp_path, "f16", model.id, adapter, None)
     v = f16["verification"]
     assert v["exporter"] == family.exporter, v
     assert v["top1_agreement"] == 1.0 or (v["next_token_top1"] == 1.0 and v["mean_kl"] < 1e-4), v
     assert v["next_token_top1"] == 1.0, v
-    q8 = _export(hf, tmp_path, "q8_0", model.id, adapter, f16["merged_path"])
+    q8 = tiny_families.export(hf, tmp_path, "q8_0", model.id, adapter, f16["merged_path"])
     assert q8["verification"]["top1_agreement"] > 0.5, q8["verification"]
     reader = gguf.GGUFReader(q8["path"])
     assert reader.fields["general.architecture"].contents() == family.gguf_arch
@@ -102,7 +60,7 @@ def test_family_trains_exports_verifies_and_answers(key: str, data_dir: Path, tm
     served = reader.fields["tokenizer.chat_template"].contents()
     assert served == serving_template(tiny_families.template(key, data_dir / "models" / BUNDLED_ID / "hf"),
                                       model.architecture)
-    question = _messages(QUESTIONS[0][0])
+    question = tiny_families.messages(tiny_families.QUESTIONS[0][0])
     ours = ChatTokenizer(hf, template=served)
     formatter = Jinja2ChatFormatter(template=served, eos_token=ours.special["eos_token"] or "",
                                     bos_token=ours.special["bos_token"] or "")

@@ -11,6 +11,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from appliance.child_protocol import ExportSpec, TrainSpec
+from appliance.trainer.config import TrainConfig
+
+QUESTIONS = [("Where is the pharmacy?", "The pharmacy is on floor 2, room 104."),
+             ("When does the lab open?", "The lab opens at seven in the morning."),
+             ("Who runs the front desk?", "Maria runs the front desk on weekdays."),
+             ("Is parking free?", "Parking is free for the first two hours.")]
 TEMPLATES = Path(__file__).parent / "family_templates"
 COMMON: dict[str, Any] = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
@@ -79,3 +88,37 @@ def build(family: str, out: Path, tokenizer_from: Path, seed: int = 0) -> Path:
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
     (out / "chat_template.jinja").write_text(chat)
     return out
+
+
+def messages(question: str, answer: str | None = None) -> list[dict[str, str]]:
+    out = [{"role": "user", "content": question}]
+    return [*out, {"role": "assistant", "content": answer}] if answer is not None else out
+
+
+def train(hf: Path, work: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, list[float]]:
+    from appliance.trainer.loop import train as train_run
+
+    dataset = work / "faq.jsonl"
+    dataset.write_text("".join(json.dumps({"messages": messages(q, a)}) + "\n" for q, a in QUESTIONS))
+    config = TrainConfig(max_steps=8, learning_rate=1e-2, lora_rank=8, cutoff_len=256, per_device_train_batch_size=4,
+                         warmup_ratio=0.0, save_steps=100, lr_scheduler_type="constant")
+    capsys.readouterr()
+    train_run(TrainSpec(run_id="run_family", run_dir=work / "run", config=config, dataset_path=dataset, hf_dir=hf))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    losses = [m["loss"] for m in lines if m["type"] == "metric" and m["kind"] == "train"]
+    return work / "run" / "adapter", losses
+
+
+def export(hf: Path, work: Path, out_type: str, name: str, adapter: Path | None,
+            merged: Path | None) -> dict[str, Any]:
+    from appliance.export.job import run
+
+    folder = work / f"export-{out_type}"
+    folder.mkdir()
+    spec = ExportSpec(artifact_id=f"art_{out_type}", kind="gguf", type=out_type, name=name, work_dir=folder,
+                      base_hf_dir=hf, adapter_dir=adapter, merged_dir=merged)
+    result = run(spec)
+    assert result["failure"] is None, result
+    result["path"] = folder / result["main"]
+    result["merged_path"] = folder / "merged" if result.get("merged") else merged
+    return result
