@@ -146,9 +146,12 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
         if model.hf_path is None:
             raise _bad("base_model_id", f"model {model.id} has no full-precision (HF) copy to export from")
         try:
-            exporter_for(paths.resolve(model.hf_path))
+            exporter = exporter_for(paths.resolve(model.hf_path))
         except ExportError as exc:
             raise _bad("base_model_id", str(exc)) from exc
+        if kind == "gguf-adapter" and exporter != "writer":  # GGUF adapters are written by our writer only
+            raise _bad("kind", f"a GGUF adapter of a {model.architecture} model cannot be written; export a merged "
+                       "GGUF instead (kind gguf, e.g. type q8_0)")
         if run_id is None and imported is None:
             name = model.id
         elif kind == "gguf-adapter" and template[1] not in (None, read_chat_template(paths.resolve(model.hf_path))):
