@@ -142,3 +142,18 @@ def test_adapters_that_do_not_fit_the_base_are_refused(appliance: tuple[Runtime,
 
     assert client.post("/api/models/nope/adapters", json={"path": str(foreign)}).status_code == 404
     assert not [a for a in client.get("/api/artifacts").json() if a["kind"] == "adapter"]
+
+
+def test_import_adapter_command(appliance: tuple[Runtime, TestClient], tmp_path: Path) -> None:
+    from test_cli import appliance as cli
+
+    runtime, client = appliance
+    base_id, base_hf = _base(runtime, tmp_path, "qwen2")
+    made = _peft_adapter(base_hf, tmp_path / "unsloth-output", rank=4)
+    res = cli(runtime.paths.root, "models", "import-adapter", str(made), "--base", base_id, "--name", "faq")
+    assert res.returncode == 0, res.stderr
+    art = json.loads(res.stdout)
+    assert (art["kind"], art["name"], art["base_model_id"]) == ("adapter", "faq", base_id)
+    assert client.get(f"/api/artifacts/{art['id']}").json()["status"] == "ready"
+    res = cli(runtime.paths.root, "models", "import-adapter", str(made), "--base", BUNDLED_ID)
+    assert res.returncode == 1 and "does not match base model smollm2-135m-instruct" in res.stderr
