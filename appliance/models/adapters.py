@@ -3,6 +3,8 @@ against a registered base model and registered as an `adapter` artifact, which e
 then treat as a run's adapter (jobs/exports.py `adapter_id`). Torch-free: only JSON and safetensors
 headers are read.
 
+A full disk while copying is a NoSpaceError (507) and keeps nothing.
+
 Checked before anything is copied, each refusal a ModelImportError (422) saying what does not match:
 - `adapter_config.json` says LoRA (`peft_type: LORA`), not DoRA, and a rank `r`;
 - `adapter_model.safetensors` (pickled `adapter_model.bin` is refused: loading it can run code);
@@ -126,7 +128,7 @@ def import_adapter(*, engine: Engine, paths: Paths, source: Path, base_model_id:
     info = check_adapter(source, base_hf, base_model_id)
     art_id = f"art_{uuid.uuid4().hex[:12]}"
     paths.ensure()
-    with fsutil.temp_path(paths.tmp) as work:
+    with fsutil.refuse_when_full(paths.tmp), fsutil.temp_path(paths.tmp) as work:  # 507, nothing kept
         work.mkdir()
         for f in (*ADAPTER_FILES, *EXTRA_FILES):
             if (source / f).is_file():

@@ -33,7 +33,7 @@ class AdapterImport(BaseModel):
 
 @router.post("/{model_id}/adapters", response_model=ArtifactPublic, status_code=status.HTTP_201_CREATED,
              summary="Import a LoRA adapter trained elsewhere for this base model",
-             responses=responses(notes={404: "No such model",
+             responses=responses(400, 413, 507, notes={404: "No such model",
                                         422: "Not a PEFT LoRA folder, or it does not match the base "
                                              "(target modules, shapes, rank)"}))
 def import_adapter_(model_id: str, body: AdapterImport, runtime: RuntimeDep) -> ArtifactPublic:
