@@ -68,3 +68,13 @@ bundle: setup
 # The real engine test and the offline install test (as root: it starts its own Docker engine).
 test-docker: setup
 	bash tests/docker/run.sh
+
+# llama.cpp's converter from the sdist of the pinned llama-cpp-python (vendor/llama.cpp/SOURCE).
+LLAMA_CPP_PYTHON_SDIST ?= /work/cache/lcp-sdist/llama_cpp_python-0.3.36.tar.gz
+vendor-llama-convert:
+	rm -rf vendor/llama.cpp/conversion vendor/llama.cpp/gguf-py vendor/llama.cpp/convert_hf_to_gguf.py
+	mkdir -p vendor/llama.cpp/gguf-py
+	tar -xzf $(LLAMA_CPP_PYTHON_SDIST) --strip-components=3 -C vendor/llama.cpp \
+		--wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' \
+		'*/vendor/llama.cpp/gguf-py/gguf/*' '*/vendor/llama.cpp/LICENSE'
+	sha256sum $(LLAMA_CPP_PYTHON_SDIST)

@@ -244,6 +244,23 @@ def models_import(
     _print(ModelPublic.of(model).model_dump(exclude={"files"}))
 
 
+@models_app.command("import-adapter")
+def models_import_adapter(
+    path: Annotated[Path, typer.Argument(help="A PEFT LoRA folder (adapter_config.json, adapter_model.safetensors)")],
+    base: Annotated[str, typer.Option("--base", help="The registered base model it was trained on")],
+    name: Annotated[str | None, typer.Option(help="Display name")] = None,
+) -> None:
+    """Register a LoRA adapter trained elsewhere (LLaMA-Factory, Unsloth, peft), checked against the base;
+    export it with `appliance export --adapter-id ID`."""
+    from appliance.api.schemas import ArtifactPublic
+    from appliance.models.adapters import import_adapter
+
+    runtime = _runtime()
+    art = _checked(lambda: import_adapter(engine=runtime.engine, paths=runtime.paths, source=path,
+                                          base_model_id=base, name=name))
+    _print(ArtifactPublic.of(art).model_dump())
+
+
 @datasets_app.command("add")
 def datasets_add(
     file: Annotated[Path, typer.Argument(help="JSON, JSONL, CSV or Parquet file", exists=True, dir_okay=False)],
@@ -470,6 +487,7 @@ def export_cmd(
     type_: Annotated[str, typer.Option("--type", help="f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k, ...")] = "q8_0",
     base: Annotated[str | None, typer.Option(help="Export this base model instead of a run")] = None,
     adapter: Annotated[bool, typer.Option("--adapter", help="Export the LoRA alone as a GGUF adapter")] = False,
+    adapter_id: Annotated[str | None, typer.Option(help="Export this adapter artifact (models import-adapter)")] = None,
     wait: Annotated[bool, typer.Option(help="Follow the export with a progress bar until it ends")] = True,
 ) -> None:
     """Export a run (or a base model) as GGUF. The worker makes it; this queues it and follows it."""
@@ -479,7 +497,8 @@ def export_cmd(
     kind = "gguf-adapter" if adapter else "gguf"
     out_type = None if adapter and type_ == "q8_0" else type_
     art, created = _checked(lambda: request_export(engine=runtime.engine, paths=runtime.paths, run_id=run,
-                                                   base_model_id=base, out_type=out_type, kind=kind))
+                                                   base_model_id=base, out_type=out_type, kind=kind,
+                                                   adapter_id=adapter_id))
     typer.echo(f"{'queued' if created else 'already exported or queued'}: {art.id}", err=True)
     info = _watch_artifact(runtime, art.id) if wait else _artifact_public(runtime, art.id)
     _print(info)

@@ -30,3 +30,8 @@ def migrations_dir() -> Path:
 def presets_dir() -> Path:
     """The run presets (`*.yaml`, LLaMA-Factory keys)."""
     return _first(_CHECKOUT / "configs" / "presets", _INSTALLED / "presets")
+
+
+def llama_cpp_converter_dir() -> Path:
+    """llama.cpp's convert_hf_to_gguf.py with its conversion/ and gguf-py/ (appliance/export/converter.py)."""
+    return _first(_CHECKOUT / "vendor" / "llama.cpp", _INSTALLED / "llama.cpp")

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="A running run whose worker sent no heartbeat for this long is taken back and resumed "
         "from its last complete checkpoint.",
     )
+    llama_cpp_converter: Path | None = Field(
+        None,
+        description="Folder holding llama.cpp's convert_hf_to_gguf.py (with its conversion/ and gguf-py/), used "
+        "to export model families the appliance's own GGUF writer does not cover. Default: the copy shipped with "
+        "the appliance, from the llama.cpp source llama-cpp-python is built from.",
+    )
     trainer_allocator: Literal["auto", "system"] = Field(
         "auto",
         description="Memory allocator of training processes: 'auto' preloads jemalloc when installed "

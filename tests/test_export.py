@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from appliance.api.app import create_app
 from appliance.bootstrap import Runtime, bootstrap
+from appliance.errors import ModelImportError
 from appliance.models.registry import BUNDLED_ID, import_model
 from appliance.worker.worker import Worker
 
@@ -166,16 +167,15 @@ def test_bad_requests_are_refused_up_front(app: Appliance, tmp_path: Path) -> No
     assert res.status_code == 422
     res = c.post("/api/artifacts/export", json={"base_model_id": BUNDLED_ID, "kind": "gguf-adapter"})
     assert res.status_code == 422 and "run" in res.text
-    # An architecture the exporter does not know: refused, naming it.
+    # An architecture outside the supported families: refused at import, naming them; nothing recorded.
     folder = tmp_path / "gpt2ish"
     tiny_models.build("llama", folder, app.data_dir / "models" / BUNDLED_ID / "hf", seed=3)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["architectures"] = ["FalconForCausalLM"]
     (folder / "config.json").write_text(json.dumps(cfg))
-    model = import_model(engine=app.runtime.engine, paths=app.runtime.paths, source=folder, model_id="oddarch")
-    res = c.post("/api/artifacts/export", json={"base_model_id": model.id, "type": "f16"})
-    assert res.status_code == 422 and "FalconForCausalLM" in res.text
-    assert not [a for a in c.get("/api/artifacts").json() if a["base_model_id"] == model.id]  # nothing recorded
+    with pytest.raises(ModelImportError, match="FalconForCausalLM.*supported: Llama 3.x"):
+        import_model(engine=app.runtime.engine, paths=app.runtime.paths, source=folder, model_id="oddarch")
+    assert "oddarch" not in {m["id"] for m in c.get("/api/models").json()}
 
 
 def test_corrupt_adapter_and_unfinished_run_are_refused(template_dir: Path, tmp_path: Path, app: Appliance) -> None:

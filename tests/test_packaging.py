@@ -185,7 +185,7 @@ def test_install_refuses_unknown_and_contradictory_options(tmp_path: Path) -> No
     assert out.returncode == 1 and "--data is for --native" in out.stderr
 
 
-def test_a_wheel_of_the_appliance_carries_its_migrations_and_presets(tmp_path: Path) -> None:
+def test_a_wheel_of_the_appliance_carries_its_migrations_presets_and_converter(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("appliance-*.whl")
@@ -195,6 +195,10 @@ def test_a_wheel_of_the_appliance_carries_its_migrations_and_presets(tmp_path: P
     assert shipped <= set(data), shipped - set(data)
     assert "share/appliance/migrations/env.py" in data and "share/appliance/presets/lora-cpu.yaml" in data
     assert "appliance/web/index.html" in names
+    # llama.cpp's converter (export/converter.py), its conversion package and its own gguf-py
+    vendored = {f"share/appliance/{f.relative_to(ROOT / 'vendor')}" for f in (ROOT / "vendor" / "llama.cpp").rglob("*")
+                if f.is_file() and "__pycache__" not in f.parts}
+    assert vendored <= set(data), vendored - set(data)
 
 
 def test_health_names_what_is_down_and_passes_when_all_is_up(data_dir: Path) -> None:

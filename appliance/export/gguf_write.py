@@ -39,7 +39,11 @@ ARCHITECTURES: dict[str, gguf.MODEL_ARCH] = {
     "LlamaForCausalLM": gguf.MODEL_ARCH.LLAMA,
     "MistralForCausalLM": gguf.MODEL_ARCH.LLAMA,
     "Qwen2ForCausalLM": gguf.MODEL_ARCH.QWEN2,
+    "Qwen3ForCausalLM": gguf.MODEL_ARCH.QWEN3,  # Qwen2 plus q/k norms (attn_q_norm, attn_k_norm)
+    "Gemma2ForCausalLM": gguf.MODEL_ARCH.GEMMA2,  # norms stored as 1 + weight; soft-capping, sliding window
 }
+# Gemma's RMSNorm multiplies by (1 + weight); llama.cpp's by weight: the writer adds the 1.
+NORM_PLUS_ONE = {gguf.MODEL_ARCH.GEMMA2}
 
 # Types written directly by this module; every other type goes through llama.cpp's quantizer.
 DIRECT_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
@@ -172,9 +176,11 @@ def _hf_tensors(model: HfModel) -> Iterator[tuple[str, Path, list[int], str]]:
             yield name, file, list(info["shape"]), info["dtype"]
 
 
-def _load(file: Path, name: str, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+def _load(file: Path, name: str, qtype: gguf.GGMLQuantizationType, plus_one: bool = False) -> np.ndarray:
     with safe_open(str(file), framework="pt") as f:
         t = f.get_tensor(name)
+    if plus_one and name.endswith("norm.weight"):
+        t = t.float() + 1
     # F16 output: let torch halve it (several times faster than numpy's astype).
     return (t.half() if qtype == gguf.GGMLQuantizationType.F16 else t.float()).numpy()
 
@@ -182,7 +188,8 @@ def _load(file: Path, name: str, qtype: gguf.GGMLQuantizationType) -> np.ndarray
 def _skip(name: str, model: HfModel) -> bool:
     if name.endswith("rotary_emb.inv_freq"):
         return True
-    return bool(name == "lm_head.weight" and model.config.get("tie_word_embeddings"))
+    tied = model.config.get("tie_word_embeddings", model.arch == gguf.MODEL_ARCH.GEMMA2)  # Gemma: tied by default
+    return bool(name == "lm_head.weight" and tied)
 
 
 def _out_type(qtype: gguf.GGMLQuantizationType, shape: list[int]) -> gguf.GGMLQuantizationType:
@@ -252,6 +259,12 @@ def add_hparams(w: gguf.GGUFWriter, model: HfModel) -> None:
     w.add_rope_dimension_count(model.head_dim)
     w.add_key_length(model.head_dim)
     w.add_value_length(model.head_dim)
+    if model.arch == gguf.MODEL_ARCH.GEMMA2:  # llama.cpp scales queries by 1/sqrt(head_dim) for these
+        if float(c.get("query_pre_attn_scalar") or model.head_dim) != model.head_dim:
+            raise ExportError("Gemma 2 whose query_pre_attn_scalar is not head_dim (the 27B shape) is not supported")
+        w.add_attn_logit_softcapping(float(c.get("attn_logit_softcapping") or 0.0))
+        w.add_final_logit_softcapping(float(c.get("final_logit_softcapping") or 0.0))
+        w.add_sliding_window(int(c.get("sliding_window") or 4096))
 
 
 def add_tokenizer(w: gguf.GGUFWriter, model: HfModel, chat_template: str | None = None) -> None:
@@ -427,7 +440,7 @@ def write_gguf(
             data = p.extra
         else:
             assert p.file is not None and p.hf_name is not None
-            data = _load(p.file, p.hf_name, p.qtype)
+            data = _load(p.file, p.hf_name, p.qtype, model.arch in NORM_PLUS_ONE)
             if (heads := permute_for(model, p.hf_name)) is not None:
                 data = rope_permute(data, heads)
         encoded = _encode(data, p.qtype)

@@ -55,6 +55,7 @@ def run(spec: ExportSpec) -> dict[str, Any]:
     """The export's files, written into spec.work_dir -> ExportDone's fields."""
     from appliance.export import merge, verify
     from appliance.export.adapter import write_adapter_gguf
+    from appliance.export.converter import convert, exporter_for
     from appliance.export.gguf_write import DIRECT_TYPES, write_gguf
     from appliance.export.modelfile import render_modelfile
     from appliance.export.quantize import quantize
@@ -100,20 +101,37 @@ def run(spec: ExportSpec) -> dict[str, Any]:
     report("merge", 1.0)
     out = work / f"{name}.{out_type}.gguf"
     target = out if direct else work / f"{name}.f16-intermediate.gguf"
-    write_gguf(src, target, out_type if direct else "f16", name=name, chat_template=template,
-               progress=lambda f, t: report("write", f, t))
+    # The family's serving defaults (Qwen3: no reasoning preamble) go into the GGUF's template itself.
+    template = _served_template(src, template)
+    exporter = exporter_for(src)
+    if exporter == "writer":
+        write_gguf(src, target, out_type if direct else "f16", name=name, chat_template=template,
+                   progress=lambda f, t: report("write", f, t))
+    else:
+        convert(src, target, out_type if direct else "f16", name=name, chat_template=template)
+        report("write", 1.0, "llama.cpp convert_hf_to_gguf.py")
     if not direct:
         quantize(target, out, out_type)
         target.unlink()
         report("quantize", 1.0)
     ids = verify.prompt_tokens(src)
     figures = verify.compare(verify.torch_logits(model, ids), verify.gguf_logits(out, ids))
+    figures["exporter"] = exporter  # "writer" (the appliance's) or "llama.cpp" (convert_hf_to_gguf.py)
     report("verify", 1.0)
     print(f"waited {gate.paused_s:.1f} s between steps for kiosk requests", file=sys.stderr, flush=True)
     (work / "Modelfile").write_text(render_modelfile(out.name, src, chat_template=template))
     result.update(main=out.name, files=[out.name, "Modelfile"], verification=figures,
                   failure=verify.verdict(out_type, figures))
     return result
+
+
+def _served_template(src: Path, template: str | None) -> str | None:
+    from appliance.export.converter import hf_architecture
+    from appliance.models.families import serving_template
+    from appliance.models.inspect import read_chat_template
+
+    text = template if template is not None else read_chat_template(src)
+    return serving_template(text, hf_architecture(src)) if text is not None else None
 
 
 def describe(exc: BaseException, work_dir: Path) -> str:

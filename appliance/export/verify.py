@@ -10,13 +10,14 @@ legitimately disagrees on many tokens) and the user decides.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from appliance.models.chat import ChatTokenizer
+from appliance.models.chat import ChatTokenizer, TemplateError
 
 PROMPTS: list[list[dict[str, str]]] = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -34,8 +35,15 @@ F16_MAX_MEAN_KL = 0.01
 
 
 def prompt_tokens(hf_dir: Path) -> list[list[int]]:
+    """Token ids of the PROMPTS the model's template can render (Gemma 2's refuses a system message);
+    TemplateError when it renders none."""
     tok = ChatTokenizer(hf_dir)
-    texts = [tok.render(p, add_generation_prompt=True) for p in PROMPTS]
+    texts = []
+    for prompt in PROMPTS:
+        with contextlib.suppress(TemplateError):
+            texts.append(tok.render(prompt, add_generation_prompt=True))
+    if not texts:
+        raise TemplateError(f"the chat template of {hf_dir} renders none of the verification prompts")
     return [e.ids for e in tok.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 

@@ -78,10 +78,26 @@ def list_artifacts(session: Session, *, kind: str | None = None, run_id: str | N
 
 
 def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, base_model_id: str | None = None,
-                   out_type: str | None = None, kind: str = "gguf") -> tuple[Artifact, bool]:
-    """Queue an export. Returns (artifact, created): the same export already pending, running or
-    ready is returned instead of being made twice."""
-    from appliance.export.gguf_write import ExportError, open_hf
+                   out_type: str | None = None, kind: str = "gguf", adapter_id: str | None = None,
+                   ) -> tuple[Artifact, bool]:
+    """Queue an export of a run, a base model, or an adapter artifact (`adapter_id`: one imported with
+    `appliance models import-adapter`, or a run's). Returns (artifact, created): the same export already
+    pending, running or ready is returned instead of being made twice."""
+    imported: Artifact | None = None
+    if adapter_id is not None:
+        if run_id is not None or base_model_id is not None:
+            raise _bad("adapter_id", "give exactly one of run_id, base_model_id or adapter_id")
+        with Session(engine) as session:
+            imported = get_artifact(session, adapter_id)
+        if imported.kind != "adapter" or imported.status != ArtifactStatus.ready or imported.path is None:
+            raise _bad("adapter_id", f"artifact {adapter_id} is a {imported.status} {imported.kind}, "
+                       "not a ready adapter")
+        run_id = imported.run_id
+        base_model_id = None if run_id is not None else imported.base_model_id
+        if run_id is not None:
+            imported = None  # a run's own adapter: exported as the run
+    from appliance.export.converter import exporter_for
+    from appliance.export.gguf_write import ExportError
     from appliance.export.quantize import check_type
 
     if (run_id is None) == (base_model_id is None):
@@ -92,8 +108,8 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
         out_type = (out_type or "f32").lower()
         if out_type not in ADAPTER_TYPES:
             raise _bad("type", f"a GGUF adapter is f32 or f16, not {out_type!r}")
-        if run_id is None:
-            raise _bad("run_id", "a GGUF adapter is exported from a run")
+        if run_id is None and imported is None:
+            raise _bad("run_id", "a GGUF adapter is exported from a run or an adapter (adapter_id)")
     else:
         try:
             out_type = check_type(out_type or "q8_0")
@@ -117,32 +133,45 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
             base_model_id = run.base_model_id
             name = run.name or run_id
             template = (run.chat_template_name, run.chat_template)
+        if imported is not None:
+            assert imported.path is not None
+            adapter_dir = paths.resolve(imported.path)
+            _check_adapter(adapter_dir, imported.sha256)
+            name = imported.name or imported.id
+            imported_template = json.loads(imported.spec_json or "{}").get("chat_template")
+            template = ("the adapter's", imported_template)
         model = session.get(ModelRecord, base_model_id)
         if model is None:
             raise NotFoundError(f"no base model with id {base_model_id!r}")
         if model.hf_path is None:
             raise _bad("base_model_id", f"model {model.id} has no full-precision (HF) copy to export from")
         try:
-            open_hf(paths.resolve(model.hf_path))
+            exporter = exporter_for(paths.resolve(model.hf_path))
         except ExportError as exc:
             raise _bad("base_model_id", str(exc)) from exc
-        if run_id is None:
+        if kind == "gguf-adapter" and exporter != "writer":  # GGUF adapters are written by our writer only
+            raise _bad("kind", f"a GGUF adapter of a {model.architecture} model cannot be written; export a merged "
+                       "GGUF instead (kind gguf, e.g. type q8_0)")
+        if run_id is None and imported is None:
             name = model.id
         elif kind == "gguf-adapter" and template[1] not in (None, read_chat_template(paths.resolve(model.hf_path))):
             raise _bad("kind", f"run {run_id} trained with the {template[0]} chat template, not the base "
                        "model's own; a GGUF adapter is served on the base model's GGUF and its template, so prompts "
                        "would not match training. Export a merged GGUF instead (kind gguf, e.g. type q8_0)")
     with write_session(engine) as session:
-        same = session.exec(
+        spec = {"adapter_dir": str(adapter_dir) if adapter_dir else None}
+        if imported is not None:  # an imported adapter's export: told apart from the base's by its spec
+            spec.update(adapter_id=imported.id, chat_template=template[1])
+        for same in session.exec(
             select(Artifact).where(Artifact.kind == kind, Artifact.type == out_type, Artifact.run_id == run_id,
                                    Artifact.base_model_id == base_model_id,
                                    col(Artifact.status).in_(["pending", "running", "ready"]))
-        ).first()
-        if same is not None:
-            return same, False
+        ):
+            if run_id is not None or json.loads(same.spec_json or "{}").get("adapter_id") == spec.get("adapter_id"):
+                return same, False
         art = Artifact(id=f"art_{uuid.uuid4().hex[:12]}", kind=kind, type=out_type, status="pending", run_id=run_id,
                        base_model_id=base_model_id, name=name, progress=0.0, stage="queued",
-                       spec_json=json.dumps({"adapter_dir": str(adapter_dir) if adapter_dir else None}))
+                       spec_json=json.dumps(spec))
         session.add(art)
         events.record(session, kind="artifact.requested", entity_type="artifact", entity_id=art.id,
                       message=f"{kind} {out_type} export of {run_id or base_model_id} queued")
@@ -175,7 +204,7 @@ def spec_for(*, engine: Engine, paths: Paths, art: Artifact, serving: ServingSpe
         adapter_dir=extra.get("adapter_dir"),
         merged_dir=paths.resolve(merged.path) if merged is not None and merged.path else None,
         # The template the run trained with goes into the merged folder, the GGUF and the Modelfile.
-        chat_template=run.chat_template if run is not None else None, serving=serving,
+        chat_template=run.chat_template if run is not None else extra.get("chat_template"), serving=serving,
     )
 
 

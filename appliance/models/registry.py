@@ -23,6 +23,7 @@ from appliance.db import events
 from appliance.db.engine import write_session
 from appliance.db.tables import ModelRecord
 from appliance.errors import ModelImportError, NotFoundError
+from appliance.models.families import family_of
 from appliance.models.inspect import ModelInfo, inspect_gguf, inspect_hf, is_gguf
 from appliance.paths import Paths
 
@@ -115,6 +116,7 @@ def import_model(
     if source.is_file() and not gguf:
         raise ModelImportError(f"{source}: neither a GGUF file nor a Hugging Face model folder")
     info: ModelInfo = inspect_gguf(source) if gguf else inspect_hf(source)
+    family_of(info.architecture)  # a family the appliance trains, exports and serves, or a 422 naming them
     progress("hash")
     sha = fsutil.sha256_file(source) if gguf else _folder_sha(source)
     with Session(engine) as session:

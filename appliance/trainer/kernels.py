@@ -30,7 +30,9 @@ import torch
 
 SILU_CLASSES = {"SiLU", "SiLUActivation"}
 # x * rsqrt(mean(x^2) + eps) * weight, with `weight` and `variance_epsilon` attributes (not Gemma's 1 + weight).
-RMSNORM_CLASSES = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
+# Which families match is in appliance/models/families.py (fused_norm, fused_mlp); tests/test_family_kernels.py
+# checks both agree. Gemma's norms (1 + weight) and GELU MLPs, Phi-3's fused gate_up_proj keep their own.
+RMSNORM_CLASSES = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm", "SmolLM3RMSNorm"}
 
 
 class SiluMul(torch.autograd.Function):

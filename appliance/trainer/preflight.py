@@ -12,7 +12,9 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from appliance.models.families import find
 from appliance.trainer.config import TrainConfig
+from appliance.trainer.memory import training_memory
 
 CPU_FLOPS_PER_CORE = 60e9  # effective fp32 training FLOP/s per core, measured order of magnitude
 GPU_FLOPS = 50e12  # effective mixed-precision training FLOP/s of a mid-range GPU
@@ -32,6 +34,7 @@ class Estimate:
     # holds only while kiosks are idle; under continuous kiosk traffic it runs at least min_share of the time.
     seconds_under_kiosk_load: float | None = None
     note: str = ""
+    memory_mb: dict[str, float] | None = None  # CUDA: weights, activations, logits, trainable, overhead
 
 
 def gpu_free_mb() -> float | None:
@@ -69,9 +72,16 @@ def lora_parameters(config: dict[str, object], cfg: TrainConfig) -> int:
         "q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv * head_dim), "v_proj": (hidden, kv * head_dim),
         "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
         "down_proj": (inter, hidden),
+        # Phi-3 / Phi-4-mini fuse them: qkv_proj and gate_up_proj.
+        "qkv_proj": (hidden, (heads + 2 * kv) * head_dim), "gate_up_proj": (hidden, 2 * inter),
     }
+    archs = config.get("architectures")
+    family = find(str(archs[0])) if isinstance(archs, list) and archs else None
+    fused = family is not None and "fused-qkv" in family.traits
+    every = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if fused else (
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     targets = cfg.targets
-    chosen = shapes.values() if targets == "all-linear" else [shapes[t] for t in targets if t in shapes]
+    chosen = [shapes[t] for t in (every if targets == "all-linear" else targets) if t in shapes]
     return layers * sum(cfg.lora_rank * (i + o) for i, o in chosen)
 
 
@@ -94,6 +104,13 @@ def estimate(*, hf_dir: Path, parameters: int, cfg: TrainConfig, rows: int, mean
     logits = batch_tokens * 0.6 * vocab * 4 * 2  # label rows only, fp32 logits and their gradient
     trainable = lora_parameters(config, cfg) * 16  # weight, gradient, two Adam moments, fp32
     peak_mb = (parameters * weight_bytes + activations + logits + trainable) / 2**20 + RUNTIME_OVERHEAD_MB[device]
+    breakdown = None
+    if device == "cuda":  # the per-family model (trainer/memory.py); the CPU figure above is calibrated here
+        memory = training_memory(config, parameters=parameters, quantization_bit=cfg.quantization_bit,
+                                 compute_bytes=act_bytes, batch=cfg.per_device_train_batch_size, seq_len=int(seq),
+                                 gradient_checkpointing=cfg.gradient_checkpointing,
+                                 lora_parameters=lora_parameters(config, cfg))
+        peak_mb, breakdown = memory.total_mb, memory.as_dict()
     available = gpu_free if device == "cuda" else cpu_available_mb()
     batches = math.ceil(rows / cfg.per_device_train_batch_size)
     per_epoch = math.ceil(batches / cfg.gradient_accumulation_steps)
@@ -113,6 +130,7 @@ def estimate(*, hf_dir: Path, parameters: int, cfg: TrainConfig, rows: int, mean
         available_memory_mb=round(available, 1) if available is not None else None,
         steps=steps, tokens=tokens, seconds=round(seconds, 1),
         fits=available is None or peak_mb <= 0.9 * available, seconds_under_kiosk_load=loaded, note=note,
+        memory_mb=breakdown,
     )
 
 

@@ -205,7 +205,9 @@ class Export(ChildKind):
         self.discard(row.id)
         spec.work_dir.mkdir(parents=True)
         paths.export_spec(row.id).write_text(spec.model_dump_json(indent=2))
-        return Launch(spec, paths.export_spec(row.id), {**os.environ, **OFFLINE_ENV},
+        converter = self.rt.settings.llama_cpp_converter  # read by export/converter.py in the child
+        extra = {"APPLIANCE_LLAMA_CPP_CONVERTER": str(converter)} if converter else {}
+        return Launch(spec, paths.export_spec(row.id), {**os.environ, **OFFLINE_ENV, **extra},
                       f"--- attempt {row.attempts}: {row.kind} {row.type}\n")
 
     def fail(self, job_id: str, error: str) -> str:

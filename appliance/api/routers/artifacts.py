@@ -24,6 +24,8 @@ class ExportRequest(BaseModel):
     type: str | None = Field(None, description=f"GGUF type, default q8_0: one of {', '.join(ALL_TYPES)}; "
                                                "for kind gguf-adapter f32 (default) or f16")
     kind: str = Field("gguf", description="gguf (a whole model) or gguf-adapter (the LoRA alone, for lora_path)")
+    adapter_id: str | None = Field(None, description="Or export an adapter artifact (one imported with "
+                                                     "POST /api/models/{id}/adapters), merged into its base")
 
 
 @router.post("/export", response_model=ArtifactPublic, status_code=status.HTTP_202_ACCEPTED,
@@ -33,7 +35,8 @@ class ExportRequest(BaseModel):
                  422: "Run not succeeded, adapter missing or corrupt, unknown type or unsupported architecture"}))
 def export(body: ExportRequest, runtime: RuntimeDep) -> ArtifactPublic:
     art, _created = exports.request_export(engine=runtime.engine, paths=runtime.paths, run_id=body.run_id,
-                                           base_model_id=body.base_model_id, out_type=body.type, kind=body.kind)
+                                           base_model_id=body.base_model_id, out_type=body.type, kind=body.kind,
+                                           adapter_id=body.adapter_id)
     with Session(runtime.engine) as session:
         return _public(runtime, [exports.get_artifact(session, art.id)])[0]
 
