@@ -9,6 +9,9 @@ export function align(seriesMaps) {
   return [steps, ...seriesMaps.map((m) => steps.map((s) => (m.has(s) ? m.get(s) : null)))];
 }
 
+// 3 significant digits: a learning rate of 0.00095 stays readable (uPlot's default rounds it to 0.001).
+const short = (v) => (v == null ? "" : String(Number(v.toPrecision(3))));
+
 export class StepChart {
   // names: series labels; el: the container; yLabel: the axis name.
   constructor(el, { title, names, yLabel, width = 560, height = 220 }) {
@@ -16,7 +19,8 @@ export class StepChart {
     const series = [{ label: "step" }, ...names.map((n, i) => ({
       label: n, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true, points: { show: true, size: 5 } }))];
     this.plot = new uPlot({ title, width, height, series, scales: { x: { time: false } },
-      axes: [{ label: "step" }, { label: yLabel }] }, align(this.maps), el);
+      axes: [{ label: "step" }, { label: yLabel, size: 60, values: (_u, ticks) => ticks.map(short) }] },
+    align(this.maps), el);
     this.count = 0;
   }
 

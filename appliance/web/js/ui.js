@@ -60,7 +60,12 @@ export function bytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
-export function when(iso) { return iso ? new Date(iso.endsWith("Z") ? iso : `${iso}Z`).toLocaleString() : ""; }
+// The API's times are UTC, without a zone when read back from SQLite, and with microseconds.
+export function parseTime(iso) {
+  const ms = iso.replace(/(\.\d{3})\d+/, "$1");
+  return Date.parse(/([zZ]|[+-]\d\d:\d\d)$/.test(ms) ? ms : `${ms}Z`);
+}
+export function when(iso) { return iso ? new Date(parseTime(iso)).toLocaleString(document.documentElement.lang) : ""; }
 export function pct(x) { return x == null ? "" : `${(100 * x).toFixed(1)}%`; }
 export function num(x, digits = 3) { return x == null ? "" : Number(x).toFixed(digits); }
 

@@ -3,7 +3,7 @@
 import { api } from "../api.js";
 import { StepChart } from "../chart.js";
 import { t } from "../i18n.js";
-import { button, card, errorText, h, message, num, table } from "../ui.js";
+import { button, card, errorText, h, message, num, parseTime, table } from "../ui.js";
 
 let source = null, charts = [], refreshing = false;
 
@@ -48,7 +48,7 @@ export async function show(section, id) {
 
 function eta(run) {
   if (run.status !== "running" || !run.started_at || !run.step || !run.max_steps) return "";
-  const elapsed = (Date.now() - Date.parse(`${run.started_at}Z`)) / 1000;
+  const elapsed = (Date.now() - parseTime(run.started_at)) / 1000;
   const left = (elapsed / run.step) * (run.max_steps - run.step);
   return t("runs.eta", { minutes: Math.max(1, Math.round(left / 60)) });
 }
