@@ -69,7 +69,9 @@ def test_the_whole_loop_in_the_browser(box: Appliance, tmp_path: Path) -> None:
         system(page)
         chinese(page)
         kiosk(context.new_page(), box)
-        expect(page.locator("nav")).to_be_visible()
+        page.click("#sign-out")
+        expect(page.locator("#token")).to_be_visible()
+        assert page.evaluate("fetch('/api/datasets').then((r) => r.status)") == 401  # the cookie is gone
         assert requests.urls and not requests.foreign(), requests.foreign()
     assert api(box, f"/api/runs/{run_id}")["status"] == "cancelled"
 
@@ -248,7 +250,14 @@ def kiosk(page: Any, box: Appliance) -> None:
     answer = page.locator("#log .msg.assistant").last
     expect(answer).to_have_attribute("data-streaming", "false", timeout=LONG)
     assert answer.inner_text().strip()
-    assert axe_violations(page) == []
     screenshot(page, "kiosk")
+    assert axe_violations(page) == []
     page.get_by_role("button", name="New conversation").click()
-    expect(page.locator("#log .msg")).to_have_count(1)
+    expect(page.locator("#log .msg")).to_have_count(1)  # the welcome alone
+    # Left alone (APPLIANCE_KIOSK_IDLE_RESET_S=8), the next customer finds a fresh conversation.
+    page.fill("#question", "Where is the pharmacy?")
+    page.press("#question", "Enter")
+    expect(page.locator("#log .msg")).to_have_count(3)
+    expect(page.locator("#log .msg")).to_have_count(1, timeout=LONG)
+    expect(page.locator("#log")).to_contain_text("Welcome to the clinic")
+    assert page.evaluate("location.hash") == ""  # the key does not stay in the address bar

@@ -26,7 +26,8 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"  # the README's, refreshed with APPL
 TOKEN = "web-token"
 # Fast evaluations: no retention probe, short answers (the gate and the comparison work the same).
 ENV = {"APPLIANCE_KIOSK_KEY": KEY, "APPLIANCE_EVAL_RETENTION_PROBE": "false", "APPLIANCE_EVAL_MAX_TOKENS": "24",
-       "APPLIANCE_WORKER_POLL_S": "0.2", "APPLIANCE_KIOSK_WELCOME": "Welcome to the clinic. Ask me anything."}
+       "APPLIANCE_WORKER_POLL_S": "0.2", "APPLIANCE_KIOSK_WELCOME": "Welcome to the clinic. Ask me anything.",
+       "APPLIANCE_KIOSK_IDLE_RESET_S": "8"}
 # What axe checks: labels on inputs, names of buttons, links and images, contrast, the document's language.
 AXE_RULES = ["label", "select-name", "button-name", "link-name", "image-alt", "color-contrast", "html-has-lang",
              "document-title", "duplicate-id-aria", "aria-allowed-attr", "aria-valid-attr-value"]
