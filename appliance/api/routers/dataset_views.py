@@ -53,7 +53,8 @@ def histogram(dataset_id: str, runtime: RuntimeDep,
         raise NotFoundError("no base model is registered to count tokens with")
     rows = store.read_rows(runtime.paths, dataset)
     counts = chat_tokenizer(runtime.paths, model).count_tokens([r["messages"] for r in rows])
-    top = max([*counts, cutoff + 1])
+    # The bins span the rows' lengths (not up to a far-away cutoff, which would put every row in one bin).
+    top = max([*counts, 1]) + 1
     width = max(1, -(-top // bins))  # ceil: the last bin holds the longest row
     found = [0] * bins
     for n in counts:
@@ -63,7 +64,7 @@ def histogram(dataset_id: str, runtime: RuntimeDep,
 
 
 @router.patch("/{dataset_id}", response_model=DatasetPublic, summary="Mark a dataset as the eval set (or train)",
-              responses=responses(notes={404: "No such dataset"}))
+              responses=responses(400, notes={404: "No such dataset"}))
 def update(dataset_id: str, body: DatasetUpdate, runtime: RuntimeDep) -> DatasetPublic:
     with write_session(runtime.engine) as session:
         dataset = store.get_dataset(session, dataset_id)

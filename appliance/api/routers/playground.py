@@ -58,7 +58,7 @@ async def model(runtime: RuntimeDep) -> Served:
 @router.post("/chat", summary="Stream a chat answer from the deployed model (OpenAI chunks, text/event-stream)",
              response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}},
-                        **responses(notes={503: "The inference server cannot be reached"})})
+                        **responses(400, notes={503: "The inference server cannot be reached"})})
 async def chat(body: PlaygroundChat, runtime: RuntimeDep) -> StreamingResponse:
     client = httpx.AsyncClient(timeout=httpx.Timeout(10, read=300))
     payload = {**body.model_dump(), "stream": True}

@@ -20,7 +20,7 @@ class SignIn(BaseModel):
 
 
 @router.post("", status_code=status.HTTP_204_NO_CONTENT, summary="Sign the browser in (sets the session cookie)",
-             responses=responses(422, notes={401: "Wrong token"}))
+             responses=responses(400, 422, notes={401: "Wrong token"}))
 def sign_in(body: SignIn, runtime: RuntimeDep, request: Request) -> Response:
     if not secrets.compare_digest(body.token.strip().encode(), runtime.admin_token.encode()):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid admin token")

@@ -90,7 +90,9 @@ function drawHistogram(box, histo) {
     "aria-label": t("datasets.histogram_label", { over: histo.over_cutoff, cutoff: histo.cutoff_len }) },
   histo.bins.map((b) => h("span", { class: b.low >= histo.cutoff_len ? "over" : "", title: `${b.low}–${b.high}: ${b.rows}`,
     style: `height:${(100 * b.rows) / most}%` })));
-  box.replaceChildren(bars, h("p", { class: "muted", id: "hist-summary",
+  const axis = h("div", { class: "row muted", style: "justify-content:space-between" }, h("span", { text: "0" }),
+    h("span", { text: t("datasets.tokens_axis", { n: histo.bins[histo.bins.length - 1].high }) }));
+  box.replaceChildren(bars, axis, h("p", { class: "muted", id: "hist-summary",
     text: t("datasets.histogram_label", { over: histo.over_cutoff, cutoff: histo.cutoff_len }) }));
 }
 
