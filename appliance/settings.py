@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     )
     inference_url: str | None = Field(
         None, description="Where the control plane reaches the inference server for the console's Playground. "
-        "Default: http://127.0.0.1:<inference_port> (in Docker compose: http://inference:<inference_port>).",
+        "Default: http://127.0.0.1:<inference_port> (compose.yaml sets http://inference:<inference_port>).",
     )
     log_level: str = Field("info", description="Log level of the appliance's processes (debug, info, warning).")
 

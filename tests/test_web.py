@@ -261,3 +261,29 @@ def kiosk(page: Any, box: Appliance) -> None:
     expect(page.locator("#log .msg")).to_have_count(1, timeout=LONG)
     expect(page.locator("#log")).to_contain_text("Welcome to the clinic")
     assert page.evaluate("location.hash") == ""  # the key does not stay in the address bar
+
+
+def test_the_console_speaks_the_browsers_language(data_dir: Path) -> None:
+    from conftest import api_server
+    from playwright.sync_api import expect
+    from web_harness import Appliance
+
+    with api_server(data_dir, TOKEN) as base:
+        box = Appliance(api=base, inference=base, data=data_dir)
+        with chromium(box, lang="zh-CN") as (context, requests):
+            page = context.new_page()
+            page.goto(base + "/")
+            expect(page.locator("#sign-in-form-submit")).to_have_text("登录")
+            page.fill("#token", "wrong")
+            page.press("#token", "Enter")
+            expect(page.locator("#sign-in-error")).to_have_text("令牌无效。")
+            assert axe_violations(page) == []
+            page.fill("#token", TOKEN)
+            page.press("#token", "Enter")
+            expect(page.locator('[data-page="datasets"]')).to_contain_text("还没有数据集")  # the empty state
+            for name in ("runs", "models", "evaluations", "deploy", "playground", "system"):
+                page.click(f'[data-nav="{name}"]')
+                expect(page.locator(f'[data-page="{name}"]')).to_be_visible()
+                expect(page.locator(f'[data-page="{name}"] h2').first).to_be_visible()
+            screenshot(page, "console-zh")
+            assert not requests.foreign(), requests.foreign()

@@ -67,7 +67,19 @@ function renderHead(head, note, run) {
     e ? h("p", { class: "muted", text: t("runs.estimate_fits", { mem: (e.peak_memory_mb / 1024).toFixed(1),
       avail: ((e.available_memory_mb || 0) / 1024).toFixed(1), steps: e.steps,
       minutes: Math.max(1, Math.round(e.seconds / 60)), device: e.device }) }) : "",
-    run.error ? h("p", { class: "error", text: run.error }) : "", actions);
+    run.error ? h("p", { class: "error", text: run.error }) : "", notes(run), actions);
+}
+
+// Rows cut or left out at cutoff_len (each named in the title), and time spent waiting for kiosks.
+function notes(run) {
+  const d = run.data_report, out = [];
+  if (d && (d.truncated_count || d.dropped_count)) {
+    const rows = [...(d.truncated || []), ...(d.dropped || [])].map((n) => `${t("err.row", { n: n.row })}: ${n.detail}`);
+    out.push(h("p", { class: "muted", title: rows.join("\n"), text: t("runs.cut",
+      { truncated: d.truncated_count, dropped: d.dropped_count, cutoff: d.cutoff_len }) }));
+  }
+  if (run.paused_for_serving_s) out.push(h("p", { class: "muted", text: t("runs.waited", { s: run.paused_for_serving_s.toFixed(1) }) }));
+  return out;
 }
 
 async function act(run, what, head, note) {
