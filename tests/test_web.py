@@ -16,7 +16,7 @@ import httpx
 import pytest
 from conftest import clone_data_dir
 from test_inference import KEY
-from web_harness import TOKEN, Appliance, appliance, axe_violations, chromium, focus_order, screenshot
+from web_harness import ARTIFACTS, TOKEN, Appliance, appliance, axe_violations, chromium, focus_order, screenshot
 
 LONG = 300_000  # ms: a bound for what the worker does on a loaded 2-core machine, never a sleep
 EVAL_ROWS = [{"instruction": f"Where can I find the {p}?",
@@ -190,6 +190,22 @@ def deploy(page: Any, box: Appliance) -> None:
         page.get_by_role("button", name="Deploy anyway").click()
     expect(page.locator("#deployments tr").nth(1)).to_have_attribute("data-status", "active", timeout=LONG)
     expect(page.locator("#deployments")).to_contain_text(re.compile("passed|forced"))
+    # Back to the base model: worse than the fine-tune serving now on the eval set, so the gate refuses
+    # it (409, the worse metrics named); deployed anyway (recorded), then rolled back.
+    page.select_option("#deploy-model", "model:smollm2-135m-instruct")
+    page.get_by_role("button", name="Deploy", exact=True).click()
+    expect(page.locator("#deploy-result")).to_contain_text("refused by the deployment gate")
+    page.get_by_role("button", name="Deploy anyway").click()
+    latest = page.locator("#deployments tr").nth(1)
+    expect(latest).to_contain_text("smollm2-135m-instruct")
+    expect(latest).to_have_attribute("data-status", "active", timeout=LONG)
+    expect(latest).to_contain_text("forced")
+    expect(page.locator("#deployments tr").nth(2)).to_have_attribute("data-status", "retired")
+    page.get_by_role("button", name="Roll back to the previous model").click()
+    expect(page.locator("#deploy-result")).to_contain_text("Rolling back")
+    expect(page.locator("#deployments tr")).to_have_count(4)  # the header and three deployments
+    expect(latest).to_have_attribute("data-status", "active", timeout=LONG)
+    (ARTIFACTS / "deployments.json").write_text(json.dumps(api(box, "/api/deployments"), indent=1))
     screenshot(page, "deploy")
 
 
