@@ -6,6 +6,7 @@ and the kiosk page on the inference port (no admin function, nothing from anothe
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -43,6 +44,20 @@ def test_sign_in_sets_a_cookie_that_reads_but_writes_only_with_the_console_heade
     assert c.delete("/console/session").status_code == 204
     c.cookies.clear()  # what the browser does with the expired cookie
     assert c.get("/api/datasets").status_code == 401
+
+
+def test_a_session_cookie_expires_and_cannot_be_forged(anon: TestClient) -> None:
+    from appliance.api.deps import SESSION_S, session_value
+
+    stale = session_value("test-admin-token", now=time.time() - SESSION_S - 1)
+    anon.cookies.set(SESSION_COOKIE, stale)
+    assert anon.get("/api/datasets").status_code == 401
+    expires = stale.split(".")[0]
+    for forged in (f"{int(expires) + 2 * SESSION_S}.{stale.split('.')[1]}", "9999999999.", "x.y", ""):
+        anon.cookies.set(SESSION_COOKIE, forged)
+        assert anon.get("/api/datasets").status_code == 401, forged
+    anon.cookies.set(SESSION_COOKIE, session_value("test-admin-token"))
+    assert anon.get("/api/datasets").status_code == 200
 
 
 def test_bearer_clients_need_no_console_header(client: TestClient) -> None:

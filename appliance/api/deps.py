@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -39,15 +40,26 @@ CSRF_HEADER = "X-Appliance-Console"  # a custom header: a cross-site form or ima
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-def session_value(admin_token: str) -> str:
-    """What the console's cookie holds: derived from the admin token (rotating the token signs every
-    browser out) and never the token itself, so the cookie cannot be replayed as a Bearer token."""
-    return hmac.new(admin_token.encode(), b"appliance console session", hashlib.sha256).hexdigest()
+SESSION_S = 12 * 3600  # a console session lasts a working day; then the token is asked again
+
+
+def _sign(admin_token: str, expires: int) -> str:
+    return hmac.new(admin_token.encode(), f"appliance console session {expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_value(admin_token: str, now: float | None = None) -> str:
+    """What the console's cookie holds: its expiry and a signature keyed by the admin token, never the
+    token itself (it cannot be replayed as a Bearer token). Stateless: a copied cookie stops working at
+    its expiry, and rotating the token signs every browser out at once."""
+    expires = int((time.time() if now is None else now) + SESSION_S)
+    return f"{expires}.{_sign(admin_token, expires)}"
 
 
 def _cookie_ok(request: Request, runtime: Runtime) -> bool:
-    given = request.cookies.get(SESSION_COOKIE)
-    return given is not None and secrets.compare_digest(given.encode(), session_value(runtime.admin_token).encode())
+    expires, _, signature = request.cookies.get(SESSION_COOKIE, "").partition(".")
+    if not expires.isdigit() or int(expires) < time.time():
+        return False
+    return secrets.compare_digest(signature.encode(), _sign(runtime.admin_token, int(expires)).encode())
 
 
 def _check_csrf(request: Request) -> None:

@@ -9,7 +9,7 @@ import secrets
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
-from appliance.api.deps import SESSION_COOKIE, AdminDep, RuntimeDep, session_value
+from appliance.api.deps import SESSION_COOKIE, SESSION_S, AdminDep, RuntimeDep, session_value
 from appliance.api.errors import responses
 
 router = APIRouter(prefix="/console/session", tags=["console"])
@@ -26,7 +26,7 @@ def sign_in(body: SignIn, runtime: RuntimeDep, request: Request) -> Response:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid admin token")
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     response.set_cookie(SESSION_COOKIE, session_value(runtime.admin_token), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/")
+                        secure=request.url.scheme == "https", path="/", max_age=SESSION_S)
     return response
 
 
