@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup run test lint clean-venv browser wheelhouse base-image image bundle test-docker
+.PHONY: setup run test lint clean-venv browser web-vendor wheelhouse base-image image bundle test-docker
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test: setup browser
 lint: setup
 	$(VENV)/bin/ruff check appliance tests migrations bench
 	$(VENV)/bin/mypy appliance
+
+# The pages' libraries (uPlot, qrcode-generator, axe-core for the browser tests), pinned by
+# appliance/web/vendor-src/package-lock.json, copied with their licenses into appliance/web/vendor/
+# (committed: the appliance serves them, no CDN, no build step at run time). Needs npm; run after a bump.
+web-vendor:
+	sh appliance/web/vendor-src/copy.sh
 
 clean-venv:
 	rm -rf $(VENV)

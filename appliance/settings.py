@@ -144,6 +144,26 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins allowed to call the inference server from a browser (CORS). Empty: CORS off.",
     )
+    kiosk_title: str = Field(
+        "Ask us", max_length=120, description="Kiosk page (GET / on the inference port): the title shown at the top."
+    )
+    kiosk_welcome: str = Field(
+        "Hello! Type your question below and I will answer it.",
+        max_length=1000,
+        description="Kiosk page: the welcome text shown at the start of every conversation.",
+    )
+    kiosk_idle_reset_s: float = Field(
+        120.0, ge=0, description="Kiosk page: seconds without a touch or key after which the conversation is "
+        "cleared for the next customer; 0 = never.",
+    )
+    kiosk_url: str | None = Field(
+        None, description="Address kiosks open (shown with its QR code on the console's System page). Default: "
+        "http://<the host the console was opened on>:<inference_port>/.",
+    )
+    inference_url: str | None = Field(
+        None, description="Where the control plane reaches the inference server for the console's Playground. "
+        "Default: http://127.0.0.1:<inference_port> (compose.yaml sets http://inference:<inference_port>).",
+    )
     log_level: str = Field("info", description="Log level of the appliance's processes (debug, info, warning).")
 
     @property

@@ -58,8 +58,10 @@ def test_refused_upload_stores_nothing(anon: TestClient, runtime: Runtime) -> No
 def test_healthz_and_page_are_open(anon: TestClient) -> None:
     assert anon.get("/healthz").json()["status"] == "ok"
     page = anon.get("/")
-    assert page.status_code == 200 and "<title>appliance</title>" in page.text
-    assert anon.get("/static/app.js").status_code == 200
+    assert page.status_code == 200 and ">appliance</title>" in page.text
+    for name in ("datasets", "runs", "models", "evaluations", "deploy", "playground", "system"):
+        assert f'data-page="{name}"' in page.text  # the contract the console's pages keep
+    assert anon.get("/static/js/main.js").status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/api/models", "/api/datasets"])
@@ -76,7 +78,8 @@ def test_openapi_describes_every_route(anon: TestClient, runtime: Runtime) -> No
         assert op.get("summary"), (method, template)
         assert op.get("security"), (method, template)
         ok = next(code for code in op["responses"] if code.startswith("2"))
-        plain = template.endswith(("/download", "/events", "/logs", "/modelfile")) or template == "/api/presets"
+        plain = template.endswith(("/download", "/events", "/logs", "/modelfile", "/playground/chat")) or \
+            template == "/api/presets"
         if ok != "204" and not plain:
             assert "$ref" in str(op["responses"][ok]["content"]["application/json"]["schema"]), template
         # Every error status it answers, with the one error body (tests/test_fuzz_api.py holds it to that).

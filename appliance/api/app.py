@@ -13,11 +13,30 @@ from fastapi.staticfiles import StaticFiles
 from appliance import __version__
 from appliance.api import errors
 from appliance.api.limits import BodyLimitMiddleware
-from appliance.api.routers import artifacts, datasets, deployments, evaluations, health, models, runs
+from appliance.api.routers import (
+    artifacts,
+    dataset_views,
+    datasets,
+    deployments,
+    evaluations,
+    health,
+    models,
+    playground,
+    runs,
+    session,
+    system,
+)
 from appliance.bootstrap import Runtime, bootstrap
 from appliance.settings import Settings
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# The console loads nothing from another host (its libraries are vendored): the browser holds it to that.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 
 DESCRIPTION = """Control plane of the appliance: base models, datasets, training runs,
 artifacts (GGUF exports) and deployments. Every route under `/api` needs the admin token as
@@ -33,11 +52,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(datasets.router)
+    app.include_router(dataset_views.router)
     app.include_router(runs.router)
     app.include_router(runs.presets_router)
     app.include_router(artifacts.router)
     app.include_router(deployments.router)
     app.include_router(evaluations.router)
+    app.include_router(session.router)
+    app.include_router(system.router)
+    app.include_router(playground.router)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     generate = app.openapi
@@ -49,7 +72,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        # The page itself holds no data; it asks for the admin token and calls the API with it.
-        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+        # The page itself holds no data; it signs in with the admin token (an HttpOnly cookie) and calls the API.
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=SECURITY_HEADERS)
 
     return app

@@ -47,10 +47,12 @@ class ErrorBody(BaseModel):
 DEFAULT_DESCRIPTIONS = {
     400: "The body could not be read: not JSON or multipart, or nested too deeply",
     401: "Missing or wrong admin token",
+    403: "A write signed in by the console's cookie without its X-Appliance-Console header (CSRF)",
     404: "No such resource",
     409: "Conflicts with the resource's state",
     413: "Request body over the upload limit (APPLIANCE_MAX_UPLOAD_BYTES)",
     422: "Invalid input: `detail`, plus `errors` with the field (and line) and message of each problem",
+    503: "A service the route relies on cannot be reached",
     507: "No space left on the device: `detail` names the path and its free space; nothing was kept",
 }
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}

@@ -29,6 +29,7 @@ from appliance.inference import messages as kiosk_messages
 from appliance.inference import openapi, protocol
 from appliance.inference.calls import chat_call, completion_call
 from appliance.inference.engine import END, Job
+from appliance.inference.kiosk_page import kiosk_router
 from appliance.inference.manager import Inference, Unavailable
 from appliance.inference.metrics import Metrics
 from appliance.inference.protocol import ChatRequest, CompletionRequest, RequestError
@@ -99,6 +100,7 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=runtime.settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(KioskAuth, key=runtime.kiosk_key.encode(), metrics=state.metrics)
+    app.include_router(kiosk_router(runtime.settings))
 
     if start:
         @app.on_event("startup")

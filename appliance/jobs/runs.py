@@ -95,10 +95,12 @@ def resolve_config(preset: str | None, config: dict[str, Any]) -> TrainConfig:
     return parse_config(raw)
 
 
-def create_run(
+def plan_run(
     *, engine: Engine, paths: Paths, dataset_id: str, base_model_id: str | None, config: dict[str, Any],
-    preset: str | None = None, name: str | None = None, kiosk_min_share: float | None = None,
-) -> Run:
+    preset: str | None = None, kiosk_min_share: float | None = None,
+) -> tuple[TrainConfig, str, Any, preflight.Estimate]:
+    """Everything checked and estimated before a run is queued (also the console's live pre-flight):
+    the config, the model id, the chat template and the estimate (which may not fit)."""
     cfg = resolve_config(preset, config)
     model_id = base_model_id or cfg.model_name_or_path
     if model_id is None:
@@ -133,6 +135,16 @@ def create_run(
         hf_dir=paths.resolve(model.hf_path), parameters=model.parameters, cfg=cfg, rows=rows, mean_tokens=mean_tokens,
         kiosk_min_share=kiosk_min_share,
     )
+    return cfg, model_id, template, est
+
+
+def create_run(
+    *, engine: Engine, paths: Paths, dataset_id: str, base_model_id: str | None, config: dict[str, Any],
+    preset: str | None = None, name: str | None = None, kiosk_min_share: float | None = None,
+) -> Run:
+    cfg, model_id, template, est = plan_run(engine=engine, paths=paths, dataset_id=dataset_id,
+                                            base_model_id=base_model_id, config=config, preset=preset,
+                                            kiosk_min_share=kiosk_min_share)
     if not est.fits:
         raise _bad(
             "config",

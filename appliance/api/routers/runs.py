@@ -48,6 +48,31 @@ def create(body: RunCreate, runtime: RuntimeDep) -> RunPublic:
     return _public(runtime.engine, run.id)
 
 
+class EstimatePublic(BaseModel):
+    device: str = Field(description="cpu or cuda")
+    peak_memory_mb: float
+    available_memory_mb: float | None
+    steps: int
+    tokens: int
+    seconds: float = Field(description="Expected wall time while kiosks are idle")
+    fits: bool = Field(description="Whether the peak fits the memory available (a run that does not is refused)")
+    seconds_under_kiosk_load: float | None
+    note: str
+    config: dict[str, Any] = Field(description="The full config the run would use")
+
+
+@router.post("/estimate", response_model=EstimatePublic,
+             summary="The pre-flight estimate of a run without queueing it (memory, time, fits)",
+             responses=responses(400, 413, notes={422: "Bad config (names the key), unknown dataset or model"}))
+def estimate(body: RunCreate, runtime: RuntimeDep) -> EstimatePublic:
+    from appliance.trainer import preflight
+
+    cfg, _model, _template, est = runs.plan_run(
+        engine=runtime.engine, paths=runtime.paths, dataset_id=body.dataset_id, base_model_id=body.base_model_id,
+        config=body.config, preset=body.preset, kiosk_min_share=runtime.settings.kiosk_min_share)
+    return EstimatePublic(**preflight.as_dict(est), config=cfg.model_dump(exclude_defaults=False))
+
+
 def _public(engine: Any, run_id: str) -> RunPublic:
     with Session(engine) as session:
         return public(session, [runs.get_run(session, run_id)])[0]

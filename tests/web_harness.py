@@ -1,0 +1,115 @@
+"""What the browser tests share: the appliance's three processes on 127.0.0.1 (API, worker,
+inference server) on one data directory, Debian's Chromium with every request recorded, and the
+axe-core checks (vendored in appliance/web/vendor)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from conftest import api_server
+from test_inference import KEY, Server
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+AXE = ROOT / "appliance" / "web" / "vendor" / "axe.min.js"
+ARTIFACTS = ROOT / "tests" / "artifacts" / "web"  # every page's screenshot, kept after the run
+SCREENSHOTS = ROOT / "docs" / "screenshots"  # the README's, refreshed with APPLIANCE_UPDATE_SCREENSHOTS=1
+TOKEN = "web-token"
+# Fast evaluations: no retention probe, short answers (the gate and the comparison work the same).
+ENV = {"APPLIANCE_KIOSK_KEY": KEY, "APPLIANCE_EVAL_RETENTION_PROBE": "false", "APPLIANCE_EVAL_MAX_TOKENS": "24",
+       "APPLIANCE_WORKER_POLL_S": "0.2", "APPLIANCE_KIOSK_WELCOME": "Welcome to the clinic. Ask me anything.",
+       "APPLIANCE_KIOSK_IDLE_RESET_S": "8"}
+# What axe checks: labels on inputs, names of buttons, links and images, contrast, the document's language.
+AXE_RULES = ["label", "select-name", "button-name", "link-name", "image-alt", "color-contrast", "html-has-lang",
+             "document-title", "duplicate-id-aria", "aria-allowed-attr", "aria-valid-attr-value"]
+
+
+@dataclass
+class Appliance:
+    api: str
+    inference: str
+    data: Path
+
+
+@contextlib.contextmanager
+def appliance(data: Path) -> Iterator[Appliance]:
+    inference = Server(data, **ENV)
+    env = {**ENV, "APPLIANCE_INFERENCE_PORT": str(inference.port)}
+    log = (data.parent / "worker.log").open("ab")
+    worker_env = {**os.environ, "APPLIANCE_DATA_DIR": str(data), "APPLIANCE_ADMIN_TOKEN": TOKEN, **env}
+    worker = subprocess.Popen([sys.executable, "-m", "appliance.cli", "worker"], stdout=log, stderr=subprocess.STDOUT,
+                              env=worker_env)
+    try:
+        with api_server(data, TOKEN, **env) as api:
+            inference.start()
+            yield Appliance(api=api, inference=inference.base, data=data)
+    finally:
+        inference.stop()
+        worker.terminate()
+        worker.wait(60)
+        log.close()
+
+
+@dataclass
+class Requests:
+    """Every URL the browser asked for; `foreign()` lists those on another host than the appliance's."""
+
+    allowed: set[str]
+    urls: list[str] = field(default_factory=list)
+
+    def foreign(self) -> list[str]:
+        return [u for u in self.urls
+                if urlsplit(u).scheme not in ("data", "blob") and urlsplit(u).netloc not in self.allowed]
+
+
+@contextlib.contextmanager
+def chromium(box: Appliance, lang: str = "en-US") -> Iterator[tuple[Any, Requests]]:
+    from playwright.sync_api import sync_playwright
+
+    requests = Requests(allowed={urlsplit(box.api).netloc, urlsplit(box.inference).netloc})
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        # bypass_csp: axe is injected as an inline script; what the page loads is checked by `requests`.
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, locale=lang, bypass_csp=True)
+        context.on("request", lambda r: requests.urls.append(r.url))
+        try:
+            yield context, requests
+        finally:
+            browser.close()
+
+
+def axe_violations(page: Any) -> list[str]:
+    page.add_script_tag(path=str(AXE))
+    found: list[str] = page.evaluate(
+        """async (rules) => (await axe.run(document, {runOnly: {type: "rule", values: rules}})).violations
+             .map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`)""", AXE_RULES)
+    return found
+
+
+def focus_order(page: Any, presses: int) -> list[str]:
+    """The ids focused by pressing Tab from the focused element."""
+    ids = []
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        ids.append(page.evaluate("document.activeElement.id"))
+    return ids
+
+
+def screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("APPLIANCE_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SCREENSHOTS / path.name)
