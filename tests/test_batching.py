@@ -82,6 +82,7 @@ def test_requests_decoded_together_answer_as_they_do_alone(server: Server) -> No
     batched = together([lambda p=p, kw=kw: ask(client, p, **kw) for p, kw in zip(PROMPTS, kinds, strict=True)])
     assert batched == alone
     assert metric(server, "appliance_inference_sequences_peak") >= 2  # they did share decode steps
+    assert metric(server, "appliance_inference_prompt_tokens_reused_total") > 0  # the chat preamble, at least
 
 
 def test_stop_strings_and_json_schema_hold_inside_a_batch(server: Server) -> None:

@@ -11,7 +11,10 @@ lock, samples each sequence with its own chain, and frees the KV cells of sequen
 whose client went away (`llama_memory_seq_rm`), so a new request joins between two steps.
 
 The KV cache holds `parallel` streams of `ctx` cells (one per seat): each request may use `ctx`
-tokens, whatever the others use.
+tokens, whatever the others use. A seat keeps the cells of the request it served last, and a new
+request takes the free seat whose cells share the longest prefix with its prompt (the system prompt
+and chat-template preamble every kiosk sends; the same question asked again) and decodes only the
+rest, as llama-server's prompt cache does.
 """
 
 from __future__ import annotations
@@ -194,6 +197,7 @@ class BatchedModel:
         waiting: deque[Sequence] = deque()
         active: list[Sequence] = []
         free = list(range(self.parallel - 1, -1, -1))
+        self._cached: list[list[int]] = [[] for _ in range(self.parallel)]  # tokens in each seat's cells
         buf = ctypes.create_string_buffer(256)
         while True:
             self.busy = bool(active)
@@ -213,7 +217,7 @@ class BatchedModel:
             while waiting and free:
                 seq = waiting.popleft()
                 try:
-                    seq.start(self.llm._model, free.pop())
+                    self._seat(seq, free)
                 except Exception as exc:  # noqa: BLE001  (a grammar llama.cpp refuses: that request's error)
                     free.append(seq.seat)
                     seq.fail(exc)
@@ -231,16 +235,27 @@ class BatchedModel:
                 continue
             self._step(batch, active, free, buf)
 
+    def _seat(self, seq: Sequence, free: list[int]) -> None:
+        """The free seat whose cells share the longest prefix with the prompt; the rest of its
+        cells are dropped. The last prompt token is always decoded again (its logits are needed)."""
+        seat = max(free, key=lambda s: _common(self._cached[s], seq.prompt))
+        free.remove(seat)
+        reused = min(_common(self._cached[seat], seq.prompt), len(seq.prompt) - 1)
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seat, reused, -1)
+        self._cached[seat] = []
+        self.metrics.prompt_tokens_reused.inc(reused)
+        seq.start(self.llm._model, seat, reused)
+
     def _step(self, batch: Any, active: list[Sequence], free: list[int], buf: Any) -> None:
         """One decode: a token of every generating sequence, then prompt tokens up to N_BATCH."""
         outputs: list[tuple[Sequence, int]] = []
-        fed: list[tuple[Sequence, int]] = []
+        fed: list[tuple[Sequence, list[int]]] = []
         n = 0
         for seq in active:
             if not seq.prefilling:
                 _add(batch, n, seq.last, seq.n_past, seq.seat, True)
                 outputs.append((seq, n))
-                fed.append((seq, 1))
+                fed.append((seq, [seq.last]))
                 n += 1
         for seq in active:
             if seq.prefilling and n < N_BATCH:
@@ -251,7 +266,7 @@ class BatchedModel:
                     if last:
                         outputs.append((seq, n))
                     n += 1
-                fed.append((seq, len(chunk)))
+                fed.append((seq, chunk))
         batch.n_tokens = n
         self._fit_threads()
         with self.compute:
@@ -262,17 +277,23 @@ class BatchedModel:
                 seq.fail(error)
                 self._free(seq, active, free, None)
             return
-        for seq, count in fed:
-            seq.n_past += count
+        for seq, tokens in fed:
+            seq.n_past += len(tokens)
+            seq.tokens += tokens
             if seq.prefilling:
-                seq.fed += count
+                seq.fed += len(tokens)
         for seq, index in outputs:
             token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx.ctx, index)
             if seq.accept(token, self.llm._model, buf):
-                self._free(seq, active, free, None)
+                self._free(seq, active, free, None, keep=True)
 
-    def _free(self, seq: Sequence, active: list[Sequence], free: list[int], reason: str | None) -> None:
-        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.seat, -1, -1)
+    def _free(self, seq: Sequence, active: list[Sequence], free: list[int], reason: str | None,
+              keep: bool = False) -> None:
+        """The seat back to the free ones; `keep`: its cells stay for a later prompt with the same prefix."""
+        if keep:
+            self._cached[seq.seat] = seq.tokens
+        else:
+            llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.seat, -1, -1)
         seq.release()
         free.append(seq.seat)
         active.remove(seq)
@@ -288,6 +309,15 @@ class BatchedModel:
         if wanted != self._threads_now:
             llama_cpp.llama_set_n_threads(self._ctx.ctx, wanted, wanted)
             self._threads_now = wanted
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _add(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:

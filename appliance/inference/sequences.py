@@ -119,6 +119,7 @@ class Sequence:
     n_past: int = 0  # tokens of this sequence in the KV cache
     fed: int = 0  # prompt tokens already in the KV cache
     last: int = -1  # the token to feed at the next decode step
+    tokens: list[int] = field(default_factory=list)  # what this sequence has in its seat's KV cells
     generated: int = 0
     sampler: Any = None
     text: TextOut | None = None
@@ -127,8 +128,10 @@ class Sequence:
     def prefilling(self) -> bool:
         return self.fed < len(self.prompt)
 
-    def start(self, model: Any, seat: int) -> None:
-        self.seat, self.n_past, self.fed = seat, 0, 0
+    def start(self, model: Any, seat: int, reused: int = 0) -> None:
+        """Seated at `seat`, whose KV cells already hold the first `reused` prompt tokens."""
+        self.seat, self.n_past, self.fed = seat, reused, reused
+        self.tokens = self.prompt[:reused]
         self.sampler = self.sampling.chain(model)
         self.text = TextOut(self.stops)
 
