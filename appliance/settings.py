@@ -115,11 +115,17 @@ class Settings(BaseSettings):
     inference_ctx: int = Field(
         4096, ge=256, description="Context window (tokens) the inference server gives a loaded model."
     )
+    inference_parallel: int = Field(
+        0,
+        ge=0,
+        description="Requests decoded together in one batch (continuous batching: a new request joins between "
+        "two decode steps). 0 = what memory allows, 4 to 8; 1 = serial serving, one request at a time.",
+    )
     inference_queue: int = Field(
         8,
         ge=1,
-        description="Requests that may wait for the model (one generates at a time). When full, kiosks get "
-        "503 with Retry-After instead of waiting without end.",
+        description="Requests that may wait for a seat in the batch (APPLIANCE_INFERENCE_PARALLEL). When full, "
+        "kiosks get 503 with Retry-After instead of waiting without end.",
     )
     inference_gpu_layers: int = Field(
         -1, description="Layers offloaded to the GPU when llama.cpp was built with one (-1 = all, 0 = none)."

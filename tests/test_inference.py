@@ -197,7 +197,7 @@ def test_two_streams_do_not_cut_each_other_off(served: tuple[Server, ControlPlan
 def test_full_queue_answers_503_with_retry_after(trained_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     clone_data_dir(trained_dir, data)
-    server = Server(data, APPLIANCE_INFERENCE_QUEUE="1").start()
+    server = Server(data, APPLIANCE_INFERENCE_PARALLEL="2", APPLIANCE_INFERENCE_QUEUE="1").start()  # 3 in at once
     try:
         client = server.client()
         outcomes: list[Any] = []

@@ -1,10 +1,12 @@
-"""Loaded models and the one thread each that may touch them.
+"""Loaded models and the one thread each that may touch them: the serial way to serve
+(`APPLIANCE_INFERENCE_PARALLEL=1`, the appliance's serving before continuous batching; the batched
+way is appliance/inference/batching.py, with the same interface).
 
-A llama.cpp context is not thread-safe, so every model lives in a `Slot`: a bounded queue and a
+A llama.cpp context is not thread-safe, so every model lives in a `LoadedModel`: a bounded queue and a
 single thread that runs one generation at a time. Request handlers only enqueue (a full queue is an
 immediate refusal, never a hang) and read results from an asyncio queue the thread feeds.
 
-Swapping models is switching which slot new requests go to. A retired slot stops accepting, its
+Swapping models is switching which model new requests go to. A retired one stops accepting, its
 thread finishes what was already queued (in-flight requests end on the old model), then closes it.
 """
 
@@ -52,8 +54,8 @@ class Job:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
-class Slot:
-    """The model is loaded, smoke-tested, used and closed by the slot's own thread: llama.cpp's
+class LoadedModel:
+    """The model is loaded, smoke-tested, used and closed by its own thread: llama.cpp's
     OpenMP thread team belongs to the thread that calls it, and a model touched from two threads
     (loaded and smoke-tested in one, generating in another) was measured generating at half speed
     here, two teams fighting over the cores.
@@ -63,7 +65,7 @@ class Slot:
     with one. Measured here (2 cores, bench/inference.py and a probe of the same pattern): running
     the smoke test between two requests under the compute lock instead made the request behind it
     wait for the whole cold first evaluation (p99 3x the steady one); split cores keep the requests
-    that overlap a swap within 2x. Requests themselves share one compute lock across slots: after
+    that overlap a swap within 2x. Requests themselves share one compute lock across models: after
     the switch the new model's first request waits for the old one's in-flight requests to end."""
 
     def __init__(self, info: ModelInfo, load: Callable[[], Any], check: Callable[[Any], str], queue_size: int,
@@ -98,7 +100,7 @@ class Slot:
             raise self.error
 
     def submit(self, job: Job) -> str:
-        """'ok', 'full' (queue full) or 'retired' (this slot stopped accepting; use the new one)."""
+        """'ok', 'full' (queue full) or 'retired' (this model stopped accepting; use the new one)."""
         with self._lock:
             if not self.accepting:
                 return "retired"
@@ -119,7 +121,7 @@ class Slot:
         self.jobs.put(None)  # blocks only while the queue is full, i.e. until a job starts
 
     def make_room(self, timeout: float = 2.0) -> None:
-        """Once `loading` is set: wait (bounded) until this slot generates with one thread fewer or
+        """Once `loading` is set: wait (bounded) until this model generates with one thread fewer or
         is idle. A request already running when a load starts keeps all its threads (a non-streamed
         one cannot change them midway), and loading beside it oversubscribes the cores: measured
         here, 16-token requests at 2-3x their time instead of ~1.7x."""
@@ -187,7 +189,7 @@ class Slot:
             if not job.stream:
                 job.send(result)
                 return
-            for chunk in _iterate(result):
+            for chunk in iterate(result):
                 if job.cancelled.is_set():  # the client went away: stop generating for it
                     break
                 self._fit_threads()  # between two tokens: safe in this thread
@@ -197,7 +199,7 @@ class Slot:
             job.send(exc)
 
 
-def _iterate(result: Any) -> Iterator[Any]:
+def iterate(result: Any) -> Iterator[Any]:
     try:
         yield from result
     finally:

@@ -81,11 +81,18 @@ class Metrics:
         self.swaps = Counter("appliance_inference_swaps_total", "Model swaps by strategy and result")
         self.held_back = Counter("appliance_inference_held_back_seconds_total",
                                  "Seconds requests were held back so training keeps its minimum share")
+        self.sequences = Gauge("appliance_inference_sequences", "Requests in the batch now (generating or prefilling)")
+        self.sequences_peak = Gauge("appliance_inference_sequences_peak",
+                                    "The most requests decoded together in one step since the server started")
+        self.peak = 0
+        self.prompt_tokens_reused = Counter("appliance_inference_prompt_tokens_reused_total",
+                                            "Prompt tokens not decoded again: a seat's cells held the same prefix")
         self.swap_gap = Gauge("appliance_inference_last_swap_gap_seconds", "Time without a model in the last swap")
 
     def render(self) -> str:
         out: list[str] = []
         for m in (self.requests, self.errors, self.queue_depth, self.tokens, self.generation_seconds,
-                  self.tokens_per_s, self.ttft, self.active, self.swaps, self.held_back, self.swap_gap):
+                  self.tokens_per_s, self.ttft, self.active, self.swaps, self.held_back, self.swap_gap,
+                  self.sequences, self.sequences_peak, self.prompt_tokens_reused):
             out += m.render()
         return "\n".join(out) + "\n"

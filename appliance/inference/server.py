@@ -117,12 +117,12 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
 
     @app.get("/readyz", summary="A model is loaded and answering", responses=openapi.READY_RESPONSES)
     def readyz() -> JSONResponse:
-        slot = state.slot
-        if slot is None or not slot.thread.is_alive():
+        loaded = state.current
+        if loaded is None or not loaded.thread.is_alive():
             return JSONResponse({"ready": False, "swapping": state.gap, "last_error": state.last_error},
                                 status_code=503, headers={"Retry-After": "1" if state.gap else "5"})
-        return JSONResponse({"ready": True, "model": slot.info.name, "deployment_id": slot.info.deployment_id,
-                             "queue_depth": slot.depth()})
+        return JSONResponse({"ready": True, "model": loaded.info.name, "deployment_id": loaded.info.deployment_id,
+                             "queue_depth": loaded.depth()})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
@@ -130,22 +130,22 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
 
     @app.get("/v1/models", summary="The model being served", responses=openapi.MODELS_RESPONSES)
     def models() -> dict[str, Any]:
-        slot = state.slot
+        loaded = state.current
         data = []
-        if slot is not None:
-            data.append({"id": slot.info.name, "object": "model", "created": int(slot.info.path.stat().st_mtime),
-                         "owned_by": "appliance", "deployment_id": slot.info.deployment_id,
-                         "artifact_id": slot.info.artifact_id})
+        if loaded is not None:
+            data.append({"id": loaded.info.name, "object": "model", "created": int(loaded.info.path.stat().st_mtime),
+                         "owned_by": "appliance", "deployment_id": loaded.info.deployment_id,
+                         "artifact_id": loaded.info.artifact_id})
         return {"object": "list", "data": data}
 
     async def _run(body: ChatRequest | CompletionRequest, call: Any) -> Response:
         loop = asyncio.get_running_loop()
         job = Job(call=call, stream=bool(body.stream), loop=loop)
         try:
-            slot = state.submit(job)
+            loaded = state.submit(job)
         except Unavailable as exc:
             return _error(503, str(exc), "server_error", "unavailable", headers={"Retry-After": str(exc.retry_after)})
-        name = slot.info.name
+        name = loaded.info.name
         started = time.monotonic()
         try:
             # Streamed too: the first item comes before any byte is sent, so a refusal found while

@@ -1,0 +1,107 @@
+"""What a request's code (appliance/inference/calls.py, llama-cpp-python's chat handlers) sees as
+"the model" when it is served batched: the loaded `Llama` for the vocabulary, tokenizer and chat
+template, with `create_completion` handing a `Sequence` to the batch thread instead of decoding in
+the Llama's own context, and `n_ctx()` the context one request may use.
+
+`create_completion` returns llama-cpp-python's shapes (a completion dict, or an iterator of
+completion chunks ending with one that carries `finish_reason`), so its chat handlers turn them into
+chat completions unchanged. One `BatchedLlama` per request: `generated` counts that request's tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from appliance.inference.sequences import Sampling, Sequence
+
+if TYPE_CHECKING:
+    from appliance.inference.batching import BatchedModel
+
+
+class BatchedLlama:
+    def __init__(self, model: BatchedModel, cancelled: threading.Event) -> None:
+        self._model, self._cancelled = model, cancelled
+        self._seq: Sequence | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model.llm, name)
+
+    def n_ctx(self) -> int:
+        return self._model.ctx
+
+    @property
+    def generated(self) -> int:
+        return self._seq.generated if self._seq is not None else 0
+
+    @generated.setter
+    def generated(self, value: int) -> None:
+        pass  # counted per sequence; calls.py resets it for the serial Llama
+
+    def create_chat_completion(self, **kwargs: Any) -> Any:
+        from appliance.inference.calls import chat_handler
+
+        return chat_handler(self._model.llm)(llama=self, **kwargs)
+
+    def create_completion(self, prompt: list[int] | str, *, stream: bool = False, max_tokens: int | None = 16,
+                          stop: str | list[str] | None = None, temperature: float = 0.8, top_p: float = 0.95,
+                          top_k: int = 40, min_p: float = 0.05, typical_p: float = 1.0, seed: int | None = None,
+                          repeat_penalty: float = 1.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                          logit_bias: dict[str, float] | None = None, grammar: Any = None,
+                          **_unused: Any) -> Any:
+        """llama-cpp-python's create_completion on the batch. `prompt`: token ids (or text,
+        tokenized as llama-cpp-python does); `max_tokens` None or <= 0: the room left in the context."""
+        llm = self._model.llm
+        tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True) if isinstance(prompt, str) else prompt
+        room = self._model.ctx - len(tokens)
+        limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+        sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, typical_p=typical_p,
+                            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                            presence_penalty=presence_penalty, seed=seed,
+                            logit_bias={int(k): float(v) for k, v in (logit_bias or {}).items()} or None,
+                            grammar=grammar._grammar if grammar is not None else None)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        seq = Sequence(prompt=list(tokens), max_tokens=limit, sampling=sampling, stops=stops,
+                       cancelled=self._cancelled)
+        self._seq = seq
+        self._model.enqueue(seq)
+        ident, created, name = f"cmpl-{uuid.uuid4()}", int(time.time()), self._model.info.name
+        chunks = self._chunks(seq, ident, created, name)
+        if stream:
+            return chunks
+        text, reason = [], None
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            text.append(choice["text"])
+            reason = choice["finish_reason"] or reason
+        return {"id": ident, "object": "text_completion", "created": created, "model": name,
+                "choices": [{"text": "".join(text), "index": 0, "logprobs": None, "finish_reason": reason}],
+                "usage": {"prompt_tokens": len(tokens), "completion_tokens": seq.generated,
+                          "total_tokens": len(tokens) + seq.generated}}
+
+    def _chunks(self, seq: Sequence, ident: str, created: int, name: str) -> Iterator[dict[str, Any]]:
+        ended = False
+
+        def chunk(text: str, reason: str | None) -> dict[str, Any]:
+            return {"id": ident, "object": "text_completion", "created": created, "model": name,
+                    "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}]}
+
+        try:
+            while True:
+                event = seq.events.get()
+                if event[0] == "text":
+                    yield chunk(event[1], None)
+                elif event[0] == "end":
+                    ended = True
+                    yield chunk("", event[1])
+                    return
+                else:
+                    ended = True
+                    raise event[1]
+        finally:
+            if not ended:  # closed early (the client went away): free the sequence at the next step
+                seq.cancelled.set()
+                self._model.wake()

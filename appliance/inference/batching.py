@@ -1,0 +1,328 @@
+"""Continuous batching: one llama.cpp context holding `parallel` sequences, decoded together.
+
+A `BatchedModel` has the interface of `engine.LoadedModel` (the manager swaps either), but a
+request does not wait for the one before it to end. Each request runs on a thread of its own: it
+renders the chat template and tokenizes (llama-cpp-python's handler, through `BatchedLlama`), hands
+the batch thread a `Sequence`, and turns the tokens that come back into OpenAI chunks. The batch
+thread owns the context (llama.cpp's OpenMP team belongs to the thread that calls it): every step
+it admits waiting sequences to free seats, puts one token of every generating sequence and the
+next prompt tokens of new ones (up to `n_batch`) in one `llama_batch`, decodes it under the compute
+lock, samples each sequence with its own chain, and frees the KV cells of sequences that ended or
+whose client went away (`llama_memory_seq_rm`), so a new request joins between two steps.
+
+The KV cache holds `parallel` streams of `ctx` cells (one per seat): each request may use `ctx`
+tokens, whatever the others use. A seat keeps the cells of the request it served last, and a new
+request takes the free seat whose cells share the longest prefix with its prompt (the system prompt
+and chat-template preamble every kiosk sends; the same question asked again) and decodes only the
+rest, as llama-server's prompt cache does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import llama_cpp
+
+from appliance.inference.batched_llm import BatchedLlama
+from appliance.inference.engine import END, Job, ModelInfo, iterate
+from appliance.inference.metrics import Metrics
+from appliance.inference.sequences import Sequence
+from appliance.serving import KioskPriority
+
+log = logging.getLogger("appliance.inference")
+N_BATCH = 512  # tokens per decode step: every generating sequence's next token, then prompt tokens
+
+
+class BatchedModel:
+    """`load()` returns the model (llama-cpp-python's Llama with a minimal context of its own: it
+    gives the vocabulary, tokenizer and chat template); this creates the batched context beside it.
+    `check(llm)` is the smoke test, run through the batch like any request."""
+
+    def __init__(self, info: ModelInfo, load: Callable[[], Any], check: Callable[[Any], str], queue_size: int,
+                 metrics: Metrics, compute: threading.Lock, loading: threading.Event | None = None,
+                 threads: int = 0, priority: KioskPriority | None = None, *, parallel: int, ctx: int) -> None:
+        self.info, self.metrics, self.compute, self.priority = info, metrics, compute, priority
+        self.loading = loading or threading.Event()
+        self.threads, self._threads_now = threads, threads
+        self.parallel, self.ctx, self.queue_size = parallel, ctx, queue_size
+        self._load, self._check = load, check
+        self.llm: Any = None
+        self._ctx: Any = None
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.smoke_text = ""
+        self.load_s = 0.0
+        self.incoming: queue.Queue[Sequence | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self.accepting = True
+        self.inflight = 0  # jobs accepted and not yet answered (rendering, waiting or generating)
+        self.busy = False
+        self.thread = threading.Thread(target=self._main, name=f"model-{info.key}", daemon=True)
+        self.thread.start()
+
+    # the LoadedModel interface
+
+    def wait_ready(self) -> None:
+        """Block until the model is loaded and passed its smoke test; raise why it did not."""
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, job: Job) -> str:
+        """'ok', 'full' (parallel + queue_size requests already in) or 'retired'."""
+        with self._lock:
+            if not self.accepting:
+                return "retired"
+            if self.inflight >= self.parallel + self.queue_size:
+                return "full"
+            self.inflight += 1
+        threading.Thread(target=self._run, args=(job,), name=f"request-{self.info.key}", daemon=True).start()
+        return "ok"
+
+    def depth(self) -> int:
+        return self.inflight
+
+    def retire(self) -> None:
+        """Stop accepting; requests already in end on this model; then it is closed."""
+        with self._lock:
+            self.accepting = False
+        self.incoming.put(None)
+
+    def make_room(self, timeout: float = 2.0) -> None:
+        """Once `loading` is set: wait (bounded) until the batch runs with one thread fewer or idles."""
+        deadline = time.monotonic() + timeout
+        while (self.threads > 1 and self.busy and self._threads_now >= self.threads
+               and time.monotonic() < deadline and self.thread.is_alive()):
+            time.sleep(0.005)
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def enqueue(self, seq: Sequence) -> None:
+        self.incoming.put(seq)
+
+    def wake(self) -> None:
+        self.incoming.put(None)
+
+    # the request's thread
+
+    def _run(self, job: Job) -> None:
+        if self.priority is not None:
+            self.metrics.held_back.inc(self.priority.begin())
+        try:
+            result = job.call(BatchedLlama(self, job.cancelled))
+            if not job.stream:
+                job.send(result)
+                return
+            for chunk in iterate(result):
+                if job.cancelled.is_set():
+                    break
+                job.send(chunk)
+            job.send(END)
+        except Exception as exc:  # noqa: BLE001  (the request gets the error)
+            job.send(exc)
+        finally:
+            if self.priority is not None:
+                self.priority.end()
+            with self._lock:
+                self.inflight -= 1
+            self.wake()
+
+    # the batch thread
+
+    def _main(self) -> None:
+        started = time.monotonic()
+        try:
+            self.llm = self._load()
+            self._ctx = self._context()
+            self.load_s = time.monotonic() - started
+        except BaseException as exc:  # noqa: BLE001  (reported to whoever waits in wait_ready)
+            self._fail_start(exc)
+            return
+        threading.Thread(target=self._smoke, name=f"smoke-{self.info.key}", daemon=True).start()
+        batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
+        try:
+            self._serve(batch)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            self._ctx.close()
+            self.llm.close()
+            log.debug("%s: closed", self.info.key)
+
+    def _context(self) -> Any:
+        from llama_cpp._internals import LlamaContext
+
+        params = type(self.llm.context_params).from_buffer_copy(self.llm.context_params)
+        params.n_ctx = self.ctx * self.parallel
+        params.n_batch = params.n_ubatch = N_BATCH
+        params.n_seq_max = self.parallel
+        # One KV stream per sequence and flash attention, as llama-server with --parallel N: measured
+        # here on the bundled model, a greedy answer decoded beside four others is then token for token
+        # the answer decoded alone. With a unified cache it drifted after ~14 tokens (2 of 5 answers
+        # differed with flash attention, all without it): the attention then spans all sequences' cells.
+        params.kv_unified = False
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        return LlamaContext(model=self.llm._model, params=params, verbose=False)
+
+    def _smoke(self) -> None:
+        with self._lock:
+            self.inflight += 1
+        try:
+            self.smoke_text = self._check(BatchedLlama(self, threading.Event()))
+        except BaseException as exc:  # noqa: BLE001
+            self.error = exc
+            self.retire()
+        finally:
+            with self._lock:
+                self.inflight -= 1
+            self.loading.clear()
+            self.ready.set()
+            self.wake()
+
+    def _fail_start(self, exc: BaseException) -> None:
+        self.error = exc
+        self.accepting = False
+        if self.llm is not None:
+            self.llm.close()
+        self.ready.set()
+
+    def _serve(self, batch: Any) -> None:
+        waiting: deque[Sequence] = deque()
+        active: list[Sequence] = []
+        free = list(range(self.parallel - 1, -1, -1))
+        self._cached: list[list[int]] = [[] for _ in range(self.parallel)]  # tokens in each seat's cells
+        buf = ctypes.create_string_buffer(256)
+        while True:
+            self.busy = bool(active)
+            item = self.incoming.get() if not active and not waiting else None
+            while True:
+                if item is not None:
+                    waiting.append(item)
+                try:
+                    item = self.incoming.get_nowait()
+                except queue.Empty:
+                    break
+            for seq in [s for s in active if s.cancelled.is_set()]:
+                self._free(seq, active, free, "cancelled")
+            for seq in [s for s in waiting if s.cancelled.is_set()]:
+                waiting.remove(seq)
+                seq.events.put(("end", "cancelled", 0))
+            while waiting and free:
+                seq = waiting.popleft()
+                try:
+                    self._seat(seq, free)
+                except Exception as exc:  # noqa: BLE001  (a grammar llama.cpp refuses: that request's error)
+                    free.append(seq.seat)
+                    seq.fail(exc)
+                    continue
+                active.append(seq)
+            self.metrics.queue_depth.set(len(waiting))
+            self.metrics.sequences.set(len(active))
+            if len(active) > self.metrics.peak:
+                self.metrics.peak = len(active)
+                self.metrics.sequences_peak.set(len(active))
+            if not active:
+                with self._lock:
+                    if not self.accepting and self.inflight == 0 and not waiting:
+                        return
+                continue
+            self._step(batch, active, free, buf)
+
+    def _seat(self, seq: Sequence, free: list[int]) -> None:
+        """The free seat whose cells share the longest prefix with the prompt; the rest of its
+        cells are dropped. The last prompt token is always decoded again (its logits are needed)."""
+        seat = max(free, key=lambda s: _common(self._cached[s], seq.prompt))
+        free.remove(seat)
+        reused = min(_common(self._cached[seat], seq.prompt), len(seq.prompt) - 1)
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seat, reused, -1)
+        self._cached[seat] = []
+        self.metrics.prompt_tokens_reused.inc(reused)
+        seq.start(self.llm._model, seat, reused)
+
+    def _step(self, batch: Any, active: list[Sequence], free: list[int], buf: Any) -> None:
+        """One decode: a token of every generating sequence, then prompt tokens up to N_BATCH."""
+        outputs: list[tuple[Sequence, int]] = []
+        fed: list[tuple[Sequence, list[int]]] = []
+        n = 0
+        for seq in active:
+            if not seq.prefilling:
+                _add(batch, n, seq.last, seq.n_past, seq.seat, True)
+                outputs.append((seq, n))
+                fed.append((seq, [seq.last]))
+                n += 1
+        for seq in active:
+            if seq.prefilling and n < N_BATCH:
+                chunk = seq.prompt[seq.fed: seq.fed + N_BATCH - n]
+                for i, token in enumerate(chunk):
+                    last = seq.fed + i == len(seq.prompt) - 1
+                    _add(batch, n, token, seq.n_past + i, seq.seat, last)
+                    if last:
+                        outputs.append((seq, n))
+                    n += 1
+                fed.append((seq, chunk))
+        batch.n_tokens = n
+        self._fit_threads()
+        with self.compute:
+            rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if rc != 0:
+            error = RuntimeError(f"llama_decode failed ({rc})")
+            for seq in list(active):
+                seq.fail(error)
+                self._free(seq, active, free, None)
+            return
+        for seq, tokens in fed:
+            seq.n_past += len(tokens)
+            seq.tokens += tokens
+            if seq.prefilling:
+                seq.fed += len(tokens)
+        for seq, index in outputs:
+            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx.ctx, index)
+            if seq.accept(token, self.llm._model, buf):
+                self._free(seq, active, free, None, keep=True)
+
+    def _free(self, seq: Sequence, active: list[Sequence], free: list[int], reason: str | None,
+              keep: bool = False) -> None:
+        """The seat back to the free ones; `keep`: its cells stay for a later prompt with the same prefix."""
+        if keep:
+            self._cached[seq.seat] = seq.tokens
+        else:
+            llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.seat, -1, -1)
+        seq.release()
+        free.append(seq.seat)
+        active.remove(seq)
+        if reason is not None:
+            seq.events.put(("end", reason, seq.generated))
+
+    def _fit_threads(self) -> None:
+        if self.threads <= 1:
+            return
+        # A model loading beside another: the newcomer smoke-tests on one core, the other keeps the rest.
+        loading = self.loading.is_set()
+        wanted = self.threads if not loading else 1 if not self.ready.is_set() else self.threads - 1
+        if wanted != self._threads_now:
+            llama_cpp.llama_set_n_threads(self._ctx.ctx, wanted, wanted)
+            self._threads_now = wanted
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _add(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq_id
+    batch.logits[i] = logits
