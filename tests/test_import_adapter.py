@@ -155,5 +155,10 @@ def test_import_adapter_command(appliance: tuple[Runtime, TestClient], tmp_path:
     art = json.loads(res.stdout)
     assert (art["kind"], art["name"], art["base_model_id"]) == ("adapter", "faq", base_id)
     assert client.get(f"/api/artifacts/{art['id']}").json()["status"] == "ready"
+    # The LoRA alone, as a GGUF adapter applied on the base's GGUF (llama.cpp's lora_path), verified too.
+    res = client.post("/api/artifacts/export", json={"adapter_id": art["id"], "kind": "gguf-adapter"})
+    assert res.status_code == 202, res.text
+    gguf_adapter = _drive(runtime, client, res.json()["id"])
+    assert gguf_adapter["status"] == "ready" and gguf_adapter["verification"]["next_token_top1"] == 1.0  # type: ignore[index]
     res = cli(runtime.paths.root, "models", "import-adapter", str(made), "--base", BUNDLED_ID)
     assert res.returncode == 1 and "does not match base model smollm2-135m-instruct" in res.stderr

@@ -22,6 +22,7 @@ def test_bundled_model_is_registered_with_its_facts(client: TestClient, runtime:
     [model] = client.get("/api/models").json()
     assert model["id"] == BUNDLED_ID
     assert (model["architecture"], model["parameters"]) == ("llama", SMOLLM2_PARAMETERS)
+    assert (model["family"], model["exporter"]) == ("Llama 3.x / SmolLM2", "writer")
     assert (model["context_length"], model["vocab_size"], model["chat_template"]) == (8192, 49152, True)
     assert model["source"] == "bundled" and model["has_gguf"]
     source = bundled_gguf()

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from appliance.db.tables import Artifact, Dataset, DatasetTokenStats, ModelRecord, Run, RunMetric, RunSample
 from appliance.jobs.runs import RunExtra
+from appliance.models.families import find
 
 
 class ModelFile(BaseModel):
@@ -22,6 +23,10 @@ class ModelPublic(BaseModel):
     id: str
     name: str
     architecture: str
+    family: str | None = Field(description="The model family (appliance/models/families.py), e.g. 'Qwen3 (dense)'; "
+                                           "null for a model registered before families were checked")
+    exporter: str | None = Field(description="Who writes its GGUF: 'writer' (the appliance's) or 'llama.cpp' "
+                                             "(llama.cpp's converter)")
     parameters: int
     context_length: int | None
     vocab_size: int | None
@@ -36,8 +41,10 @@ class ModelPublic(BaseModel):
 
     @classmethod
     def of(cls, m: ModelRecord) -> ModelPublic:
+        family = find(m.architecture)
         return cls(
             id=m.id, name=m.name, architecture=m.architecture, parameters=m.parameters,
+            family=family.name if family else None, exporter=family.exporter if family else None,
             context_length=m.context_length, vocab_size=m.vocab_size, chat_template=m.has_chat_template,
             source=m.source, has_gguf=m.gguf_path is not None, gguf_size=m.gguf_size, hf_size=m.hf_size,
             sha256=m.sha256, files=[ModelFile(**f) for f in json.loads(m.files_json)], created_at=m.created_at,

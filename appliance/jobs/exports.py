@@ -139,7 +139,7 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
             _check_adapter(adapter_dir, imported.sha256)
             name = imported.name or imported.id
             imported_template = json.loads(imported.spec_json or "{}").get("chat_template")
-            template = ("the adapter's", imported_template)
+            template = ("adapter's own", imported_template)
         model = session.get(ModelRecord, base_model_id)
         if model is None:
             raise NotFoundError(f"no base model with id {base_model_id!r}")
@@ -155,7 +155,8 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
         if run_id is None and imported is None:
             name = model.id
         elif kind == "gguf-adapter" and template[1] not in (None, read_chat_template(paths.resolve(model.hf_path))):
-            raise _bad("kind", f"run {run_id} trained with the {template[0]} chat template, not the base "
+            raise _bad("kind", f"{f'run {run_id}' if run_id else f'adapter {adapter_id}'} trained with the "
+                       f"{template[0]} chat template, not the base "
                        "model's own; a GGUF adapter is served on the base model's GGUF and its template, so prompts "
                        "would not match training. Export a merged GGUF instead (kind gguf, e.g. type q8_0)")
     with write_session(engine) as session:
@@ -174,7 +175,7 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
                        spec_json=json.dumps(spec))
         session.add(art)
         events.record(session, kind="artifact.requested", entity_type="artifact", entity_id=art.id,
-                      message=f"{kind} {out_type} export of {run_id or base_model_id} queued")
+                      message=f"{kind} {out_type} export of {run_id or spec.get('adapter_id') or base_model_id} queued")
         session.flush()
         session.expunge(art)
     return art, True
