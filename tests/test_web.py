@@ -12,11 +12,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from conftest import clone_data_dir
 from test_inference import KEY
-from web_harness import ARTIFACTS, TOKEN, Appliance, appliance, axe_violations, chromium, focus_order, screenshot
+from web_harness import (
+    ARTIFACTS,
+    TOKEN,
+    Appliance,
+    api,
+    appliance,
+    axe_violations,
+    chromium,
+    drop_file,
+    focus_order,
+    screenshot,
+)
 
 LONG = 300_000  # ms: a bound for what the worker does on a loaded 2-core machine, never a sleep
 EVAL_ROWS = [{"instruction": f"Where can I find the {p}?",
@@ -40,17 +50,6 @@ def box(trained_dir: Path, tmp_path: Path) -> Iterator[Appliance]:
     clone_data_dir(trained_dir, data)
     with appliance(data) as running:
         yield running
-
-
-def api(box: Appliance, path: str) -> Any:
-    return httpx.get(box.api + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
-
-
-def drop_file(page: Any, name: str, text: str) -> None:
-    """A file dropped on the drop zone, as a person drags it from the desktop."""
-    transfer = page.evaluate_handle("""([name, text]) => { const dt = new DataTransfer();
-        dt.items.add(new File([text], name, { type: "application/json" })); return dt; }""", [name, text])
-    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
 
 
 def test_the_whole_loop_in_the_browser(box: Appliance, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from conftest import api_server
 from test_inference import KEY, Server
 
@@ -113,3 +114,14 @@ def screenshot(page: Any, name: str) -> None:
     if os.environ.get("APPLIANCE_UPDATE_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, SCREENSHOTS / path.name)
+
+
+def api(box: Appliance, path: str) -> Any:
+    return httpx.get(box.api + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
+
+
+def drop_file(page: Any, name: str, text: str) -> None:
+    """A file dropped on the drop zone, as a person drags it from the desktop."""
+    transfer = page.evaluate_handle("""([name, text]) => { const dt = new DataTransfer();
+        dt.items.add(new File([text], name, { type: "application/json" })); return dt; }""", [name, text])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
