@@ -594,6 +594,8 @@ def deploy(
     eval_dataset: Annotated[str | None, typer.Option(help="Eval set the gate compares on (default: the newest "
                                                      "dataset added with --purpose eval)")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the inference server has swapped (or refused)")] = True,
+    name: Annotated[str | None, typer.Option(help="Serve it under this name beside the site's default "
+                                             "(kiosks send it as `model`)")] = None,
 ) -> None:
     """Deploy a GGUF to the kiosks, through the deployment gate: with an eval set, the model is evaluated
     beside the one serving now and refused when it answers worse. The inference server loads it beside
@@ -606,17 +608,18 @@ def deploy(
     dep = _checked(lambda: gate.request(engine=runtime.engine, paths=runtime.paths,
                                         margins=runtime.settings.gate_margins, artifact_id=artifact,
                                         base_model_id=base, eval_dataset_id=eval_dataset, force=force,
-                                        who=f"{getpass.getuser()} (CLI)"))
+                                        who=f"{getpass.getuser()} (CLI)", channel=name))
     _follow_deployment(runtime, dep.id, wait)
 
 
 @app.command()
-def rollback(wait: Annotated[bool, typer.Option(help="Wait until it is served")] = True) -> None:
-    """Serve again the model that was active before the current one."""
+def rollback(wait: Annotated[bool, typer.Option(help="Wait until it is served")] = True,
+             name: Annotated[str | None, typer.Option(help="Roll back this named deployment")] = None) -> None:
+    """Serve again the model that was active before the current one (of the default, or of `--name`)."""
     from appliance.jobs.deployments import rollback as do_rollback
 
     runtime = _runtime()
-    dep = _checked(lambda: do_rollback(engine=runtime.engine, paths=runtime.paths))
+    dep = _checked(lambda: do_rollback(engine=runtime.engine, paths=runtime.paths, channel=name))
     _follow_deployment(runtime, dep.id, wait)
 
 

@@ -58,7 +58,9 @@ def run_clients(base: str, clients: int, requests: int, tokens: int, key: str | 
     def client(i: int) -> None:
         body = {"messages": [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
                 "max_tokens": tokens, "temperature": 0, "seed": 0, "stream": True}
-        with httpx.Client(timeout=600, headers=headers) as http:
+        # A connection per request: llama-server closes idle keep-alive connections, and a request
+        # sent on one it has just closed fails ("Server disconnected without sending a response").
+        with httpx.Client(timeout=600, headers={**headers, "Connection": "close"}) as http:
             try:
                 _one(http, url, body)
                 barrier.wait(timeout=600)

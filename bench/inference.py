@@ -238,7 +238,9 @@ def concurrency_section(rt: Any, q8_id: str, threads: int, args: argparse.Namesp
     levels: dict[str, Any] = {}
     for clients in [int(c) for c in args.clients.split(",")]:
         level: dict[str, Any] = {}
-        runs = [("appliance_batched", {"APPLIANCE_INFERENCE_PARALLEL": str(clients)}),
+        # The appliance as a site runs it: one capacity (8 sequences) whatever the load; llama-server
+        # as the issue measured it, --parallel N. Each started per level, so the three run back to back.
+        runs = [("appliance_batched", {"APPLIANCE_INFERENCE_PARALLEL": "8"}),
                 ("appliance_serial", {"APPLIANCE_INFERENCE_PARALLEL": "1"})]
         for name, env in runs:
             with clients_mod.appliance(rt.paths.root, clients_mod.free_port(), KEY, threads, ctx, **env) as base:

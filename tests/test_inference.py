@@ -110,8 +110,8 @@ def served(trained_dir: Path, tmp_path: Path) -> Iterator[tuple[Server, ControlP
 
 
 def chat(client: openai.OpenAI, **kw: Any) -> Any:
-    return client.chat.completions.create(model="any", messages=kw.pop("messages", QUESTION),
-                                          **{"max_tokens": 16, "temperature": 0, **kw})
+    return client.chat.completions.create(**{"model": "any", "messages": QUESTION, "max_tokens": 16, "temperature": 0,
+                                             **kw})
 
 
 def test_openai_client_chat_stream_json_and_models(served: tuple[Server, ControlPlane]) -> None:

@@ -241,6 +241,8 @@ class DeploymentPublic(BaseModel):
     artifact_id: str | None
     base_model_id: str | None = Field(description="Set when a base model's own GGUF is served")
     model: str | None = Field(description="The model id kiosks see in /v1/models")
+    name: str | None = Field(None, description="The deployment's name, which kiosks send as `model`; null: the "
+                             "site's default deployment")
     strategy: str | None = Field(description="overlap (old and new loaded together) or drain (503 during the gap)")
     gap_ms: float | None = Field(description="Time without a model during the swap (0 for overlap)")
     load_ms: float | None
@@ -259,6 +261,6 @@ class DeploymentPublic(BaseModel):
         import json
 
         return cls(id=d.id, status=d.status, artifact_id=d.artifact_id, base_model_id=d.base_model_id, model=d.name,
-                   strategy=d.strategy, gap_ms=d.gap_ms, load_ms=d.load_ms, smoke_text=d.smoke_text, error=d.error,
-                   gate=json.loads(d.gate_json) if d.gate_json else None, forced_by=d.forced_by,
+                   name=d.channel, strategy=d.strategy, gap_ms=d.gap_ms, load_ms=d.load_ms, smoke_text=d.smoke_text,
+                   error=d.error, gate=json.loads(d.gate_json) if d.gate_json else None, forced_by=d.forced_by,
                    created_at=d.created_at, activated_at=d.activated_at, retired_at=d.retired_at)

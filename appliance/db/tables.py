@@ -193,6 +193,8 @@ class Deployment(SQLModel, table=True):
     # A deployment serves an exported artifact, or a base model's own GGUF (artifact_id null).
     base_model_id: str | None = None
     name: str | None = None  # the model id kiosks see in /v1/models
+    # The name kiosks ask for in `model` (null: the site's default); one active deployment per channel.
+    channel: str | None = Field(default=None, index=True)
     load_ms: float | None = None
     smoke_text: str | None = None
     # The deployment gate's decision (appliance/jobs/gate.py GateRecord) and, when forced, by whom.

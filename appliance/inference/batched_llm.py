@@ -83,7 +83,7 @@ class BatchedLlama:
                           "total_tokens": len(tokens) + seq.generated}}
 
     def _chunks(self, seq: Sequence, ident: str, created: int, name: str) -> Iterator[dict[str, Any]]:
-        ended = False
+        ended = taken = False
 
         def chunk(text: str, reason: str | None) -> dict[str, Any]:
             return {"id": ident, "object": "text_completion", "created": created, "model": name,
@@ -91,7 +91,9 @@ class BatchedLlama:
 
         try:
             while True:
-                event = seq.events.get()
+                if taken:  # the last event's chunk has been handled: the batch may decode the next step
+                    seq.done_with()
+                event, taken = seq.events.get(), True
                 if event[0] == "text":
                     yield chunk(event[1], None)
                 elif event[0] == "end":
@@ -102,6 +104,8 @@ class BatchedLlama:
                     ended = True
                     raise event[1]
         finally:
+            if taken:
+                seq.done_with()
             if not ended:  # closed early (the client went away): free the sequence at the next step
                 seq.cancelled.set()
                 self._model.wake()

@@ -1,4 +1,5 @@
-"""Chat and text completions as they run on a slot's thread (engine.Job.call).
+"""Chat and text completions as a request runs them (engine.Job.call): on a serial model's thread, or on the
+request's own thread against a batched model (batched_llm.BatchedLlama).
 
 The prompt's tokens are counted and checked against the context before anything is generated, so
 a prompt that does not fit is a 400 before a stream starts. llama-cpp-python checks inside its

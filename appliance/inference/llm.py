@@ -14,7 +14,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp import Llama
 
-from appliance.inference.gguf_check import check_gguf
+from appliance.export.gguf_check import check_gguf
 
 
 class ServedLlama(Llama):  # type: ignore[misc]

@@ -1,24 +1,24 @@
-"""The inference server's model manager: which model the kiosk port serves, reconciled with the
-deployments table, and the hot swap (overlap, or drain when memory cannot hold two models), the
-smoke test and the refusal of a model that fails, the loading marker of a load that did not survive.
+"""The inference server's model manager: which models the kiosk port serves, reconciled with the
+deployments table (one model per channel: the site's default, and each named deployment), routing
+a request's `model` to one of them, and the hot swap per channel (overlap, or drain when memory
+cannot hold both), the smoke test and the refusal of a model that fails, the loading marker of a
+load that did not survive.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from sqlmodel import Session
 
 from appliance.bootstrap import Runtime
 from appliance.db.tables import Deployment
 from appliance.errors import NotFoundError
-from appliance.inference.batching import BatchedModel
-from appliance.inference.engine import Job, LoadedModel, ModelInfo
+from appliance.inference.engine import Job, ModelInfo
+from appliance.inference.factory import MB, ModelFactory, Served
 from appliance.inference.loading import LoadingMarker
 from appliance.inference.metrics import Metrics
 from appliance.jobs import deployments
@@ -26,10 +26,7 @@ from appliance.models.registry import BUNDLED_ID
 from appliance.serving import KioskPriority
 
 log = logging.getLogger("appliance.inference")
-SMOKE_MESSAGES = [{"role": "user", "content": "Say hello."}]
-OWN_CTX = 64  # tokens of a batched model's own Llama context (unused for generation)
-MB = 1024 * 1024
-Served = LoadedModel | BatchedModel
+Channel = str | None  # a deployment's name; None: the site's default
 
 
 class Unavailable(Exception):
@@ -38,89 +35,56 @@ class Unavailable(Exception):
         self.retry_after = retry_after
 
 
+class UnknownModel(Exception):
+    """A request's `model` names nothing served (404 model_not_found)."""
+
+
 class Inference:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.settings = runtime.settings
         self.metrics = Metrics()
-        self.current: Served | None = None
-        self.gap = False
+        self.served: dict[Channel, Served] = {}
+        self.gaps: set[Channel] = set()  # channels draining for a swap: 503 + Retry-After
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.last_error: str | None = None
-        self.compute = threading.Lock()  # one generation at a time on this machine
-        self.loading = threading.Event()  # a new model is loading and smoke-testing beside the serving one
         # Kiosks first (appliance/serving.py): worker children wait while a request generates.
         s, paths = runtime.settings, runtime.paths
-        self.priority = (KioskPriority(paths.serving_lock, paths.background_lock, min_share=s.training_min_share)
-                         if s.serving_priority else None)
+        priority = (KioskPriority(paths.serving_lock, paths.background_lock, min_share=s.training_min_share)
+                    if s.serving_priority else None)
+        self.models = ModelFactory(s, self.metrics, priority)
         self.marker = LoadingMarker(runtime.paths.inference_loading)
-        self._parallel_auto: int | None = None
-
-    # loading
-
-    def load(self, info: ModelInfo, n_ctx: int | None = None) -> Any:
-        from appliance.inference.llm import open_served
-
-        return open_served(info.path, n_ctx=n_ctx or self.settings.inference_ctx, threads=self.threads,
-                           gpu_layers=self.settings.inference_gpu_layers)
-
-    @staticmethod
-    def smoke(llm: Any) -> str:
-        # Short on purpose: it runs between two requests of the model being replaced.
-        out = llm.create_chat_completion(messages=SMOKE_MESSAGES, max_tokens=4, temperature=0.0, seed=0)
-        if out["usage"]["completion_tokens"] < 1:
-            raise RuntimeError("the smoke test produced no token")
-        return str(out["choices"][0]["message"]["content"] or "")
-
-    def _new_model(self, info: ModelInfo) -> Served:
-        if self.parallel == 1:  # the serial way: one request at a time, the others queue
-            return LoadedModel(info, lambda: self.load(info), self.smoke, self.settings.inference_queue,
-                               self.metrics, self.compute, self.loading, self.threads, self.priority)
-        # The Llama's own context only renders and tokenizes; the batch has a context of its own.
-        return BatchedModel(info, lambda: self.load(info, n_ctx=OWN_CTX), self.smoke, self.settings.inference_queue,
-                            self.metrics, self.compute, self.loading, self.threads, self.priority,
-                            parallel=self.parallel, ctx=self.settings.inference_ctx)
 
     @property
-    def parallel(self) -> int:
-        """Sequences decoded together: the setting, or (0) what memory allows, between 4 and 8."""
-        if self.settings.inference_parallel:
-            return self.settings.inference_parallel
-        fits = int(self.available_mb() / 4 / self.kv_mb(1)) if self._parallel_auto is None else self._parallel_auto
-        self._parallel_auto = max(4, min(8, fits))
-        return self._parallel_auto
-
-    def kv_mb(self, sequences: int) -> float:
-        # KV cache and compute buffers; measured ~60 MB for a 135M model at 4096 tokens (one sequence).
-        return sequences * self.settings.inference_ctx / 64
+    def current(self) -> Served | None:
+        """The site's default model."""
+        return self.served.get(None)
 
     @property
-    def threads(self) -> int:
-        return self.settings.inference_threads or os.cpu_count() or 1
-
-    def _activate(self, loaded: Served | None) -> None:
-        with self.lock:
-            self.current, self.gap = loaded, False
-        if loaded is not None:
-            self.metrics.active.replace(1, model=loaded.info.name, deployment=loaded.info.deployment_id or "",
-                                        artifact=loaded.info.artifact_id or "")
+    def gap(self) -> bool:
+        return None in self.gaps
 
     def available_mb(self) -> float:
         if self.settings.inference_memory_mb:
-            used = self.current.info.size / MB if self.current else 0
-            return self.settings.inference_memory_mb - used
+            return self.settings.inference_memory_mb - sum(m.info.size for m in self.served.values()) / MB
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) / 1024
         return float("inf")
 
-    def needed_mb(self, info: ModelInfo) -> float:
-        # Weights (mapped) plus the KV cache and compute buffers; measured ~60 MB for a 135M model at
-        # 4096 tokens. A rough upper bound is enough to pick the strategy.
-        return info.size / MB * 1.1 + 32 + self.kv_mb(self.parallel)
+    def _activate(self, channel: Channel, loaded: Served | None) -> None:
+        with self.lock:
+            if loaded is None:
+                self.served.pop(channel, None)
+            else:
+                self.served[channel] = loaded
+            self.gaps.discard(channel)
+            models = list(self.served.values())
+        self.metrics.active.replace_all([{"model": m.info.name, "deployment": m.info.deployment_id or "",
+                                          "artifact": m.info.artifact_id or ""} for m in models])
 
     # reconciling
 
@@ -139,49 +103,61 @@ class Inference:
                              artifact_id=dep.artifact_id)
 
     def reconcile_once(self) -> str | None:
+        """Every channel to its target; a named channel with none left (all failed) stops being served."""
         with Session(self.rt.engine) as session:
-            dep = deployments.target(session)
-        want = dep.id if dep is not None else f"base:{BUNDLED_ID}"
-        if self.current is not None and self.current.info.key == want:
-            return None
-        try:
-            info = self.info_for(dep)
-        except Exception as exc:  # noqa: BLE001
-            if dep is not None:
-                deployments.mark_failed(engine=self.rt.engine, deployment_id=dep.id, error=f"cannot deploy: {exc}")
-            return f"failed {want}: {exc}"
-        if info is None:
-            return None
-        return self.swap(info)
+            wanted: dict[Channel, Deployment | None] = dict(deployments.targets(session))
+        wanted.setdefault(None, None)  # the default channel serves the bundled model until a deployment
+        done = []
+        for channel, dep in wanted.items():
+            key = dep.id if dep is not None else f"base:{BUNDLED_ID}"
+            loaded = self.served.get(channel)
+            if loaded is not None and loaded.info.key == key:
+                continue
+            try:
+                info = self.info_for(dep)
+            except Exception as exc:  # noqa: BLE001
+                if dep is not None:
+                    deployments.mark_failed(engine=self.rt.engine, deployment_id=dep.id, error=f"cannot deploy: {exc}")
+                done.append(f"failed {key}: {exc}")
+                continue
+            if info is not None:
+                done.append(self.swap(info, channel))
+        for channel in [c for c in self.served if c not in wanted]:
+            old = self.served[channel]
+            self._activate(channel, None)
+            old.retire()
+            done.append(f"stopped serving {channel}")
+        return "; ".join(done) or None
 
-    def swap(self, info: ModelInfo) -> str:
-        old = self.current
-        overlap = old is None or self.needed_mb(info) <= self.available_mb()
+    def swap(self, info: ModelInfo, channel: Channel = None) -> str:
+        old = self.served.get(channel)
+        available = self.available_mb()
+        overlap = old is None or self.models.needed_mb(info, available) <= available
         strategy = "overlap" if overlap else "drain"
-        gap_ms = 0.0
+        gap_ms, gap_start = 0.0, time.monotonic()
         if not overlap:
             assert old is not None
             with self.lock:
-                self.current, self.gap = None, True  # new requests: 503 + Retry-After
-            gap_start = time.monotonic()
+                self.served.pop(channel, None)
+                self.gaps.add(channel)  # new requests: 503 + Retry-After
             old.retire()
             old.join()
         self.marker.begin(info.deployment_id)
         if old is not None and overlap:
-            self.loading.set()  # cleared by the new model once it has passed its smoke test
+            self.models.loading.set()  # cleared by the new model once it has passed its smoke test
             old.make_room()
-        loaded = self._new_model(info)
+        loaded = self.models.open(info, self.available_mb())
         try:
             loaded.wait_ready()
         except Exception as exc:  # noqa: BLE001  (a bad model must never take serving down)
-            self.loading.clear()
+            self.models.loading.clear()
             reason = f"{info.name} failed to {'load' if loaded.llm is None else 'answer the smoke test'}: {exc}"
             self.metrics.swaps.inc(strategy=strategy, result="failed")
             self.last_error = reason
             if not overlap and old is not None:  # drained: bring the old model back
-                back = self._new_model(old.info)
+                back = self.models.open(old.info, self.available_mb())
                 back.wait_ready()
-                self._activate(back)
+                self._activate(channel, back)
             if info.deployment_id:
                 deployments.mark_failed(engine=self.rt.engine, deployment_id=info.deployment_id, error=reason)
             log.warning(reason)
@@ -191,7 +167,7 @@ class Inference:
         load_ms = loaded.load_s * 1000
         if not overlap:
             gap_ms = (time.monotonic() - gap_start) * 1000
-        self._activate(loaded)  # atomic: from here on new requests go to the new model
+        self._activate(channel, loaded)  # atomic: from here on new requests go to the new model
         if overlap and old is not None:
             old.retire()  # in-flight requests finish on the old model, then it is closed
         self.metrics.swaps.inc(strategy=strategy, result="ok")
@@ -203,8 +179,9 @@ class Inference:
         return f"serving {info.key} ({strategy})"
 
     def start_startup_load(self) -> None:
-        """Load the target deployment (or the bundled model) in the background. A deployment whose
-        load the previous process did not survive is loaded once more; twice, it is marked failed."""
+        """Load the targets (the bundled model on the default channel before any deployment) in the
+        background. A deployment whose load the previous process did not survive is loaded once
+        more; twice, it is marked failed."""
         refused = self.marker.recover()
         if refused:
             try:
@@ -230,18 +207,34 @@ class Inference:
         self.stop.set()
         if self.thread is not None:
             self.thread.join(5)
-        if self.current is not None:
-            self.current.retire()
-            self.current.join(10)
+        for loaded in list(self.served.values()):
+            loaded.retire()
+            loaded.join(10)
 
     # serving
 
-    def submit(self, job: Job) -> Served:
+    def route(self, model: str | None) -> Channel:
+        """The channel a request's `model` asks for: none, "default" or "any", or the default model's
+        own name: the default; a deployment's name: that one. Raises UnknownModel."""
+        if not model or model in deployments.DEFAULT_ALIASES:
+            return None
+        with self.lock:
+            if model in self.served or model in self.gaps:
+                return model
+            default = self.served.get(None)
+        if default is not None and model == default.info.name:
+            return None
+        raise UnknownModel(model)
+
+    def submit(self, job: Job, model: str | None = None) -> Served:
+        channel = self.route(model)
         for _ in range(3):
-            loaded = self.current
+            loaded = self.served.get(channel)
             if loaded is None:
-                if self.gap:
+                if channel in self.gaps:
                     raise Unavailable("the model is being swapped; retry shortly", 1)
+                if channel is not None:
+                    raise UnknownModel(model)
                 raise Unavailable("no model is loaded yet", 5)
             outcome = loaded.submit(job)
             if outcome == "ok":

@@ -45,6 +45,13 @@ class Gauge(_Metric):
         with self._lock:
             self._values[tuple(sorted(labels.items()))] = value
 
+    def replace_all(self, label_sets: list[dict[str, str]], value: float = 1.0) -> None:
+        """These label sets as the only ones (e.g. the models served)."""
+        with self._lock:
+            self._values.clear()
+            for labels in label_sets:
+                self._values[tuple(sorted(labels.items()))] = value
+
     def replace(self, value: float, **labels: str) -> None:
         """Set this label set as the only one (e.g. the active model)."""
         with self._lock:

@@ -52,7 +52,8 @@ class _Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="Accepted for compatibility; the deployed model answers")
+    model: str | None = Field(None, description="A deployment's name (GET /v1/models); none, 'default' or "
+                              "'any': the site's default deployment")
     max_tokens: int | None = Field(None, ge=1, description=f"Default {DEFAULT_MAX_TOKENS}")
     temperature: float | None = Field(None, ge=0, le=2, description="Default 0.7")
     top_p: float | None = Field(None, ge=0, le=1, description="Default 0.95")

@@ -114,6 +114,9 @@ class Sequence:
     stops: list[str]
     cancelled: threading.Event = field(default_factory=threading.Event)
     events: queue.Queue[tuple[Any, ...]] = field(default_factory=queue.Queue)
+    # Events sent and not yet handled by the request's thread (the batch waits for them: see batching.py).
+    pending: int = 0
+    handled: threading.Condition = field(default_factory=threading.Condition)
     # batch-thread state
     seat: int = -1  # llama.cpp sequence id while it holds one
     n_past: int = 0  # tokens of this sequence in the KV cache
@@ -144,7 +147,7 @@ class Sequence:
         n = llama_cpp.llama_token_to_piece(model.vocab, token, buf, len(buf), 0, False)
         text, stopped = self.text.push(buf.raw[:n] if n > 0 else b"")
         if text:
-            self.events.put(("text", text))
+            self.send(("text", text))
         if stopped:
             return self._end("stop", flush=False)
         if self.generated >= self.max_tokens:
@@ -153,16 +156,27 @@ class Sequence:
         return False
 
     def fail(self, exc: BaseException) -> None:
-        self.events.put(("error", exc))
+        self.send(("error", exc))
 
     def _end(self, reason: str, *, flush: bool) -> bool:
         assert self.text is not None
         if flush:  # text held back for a stop string that never came
             rest = self.text.flush()
             if rest:
-                self.events.put(("text", rest))
-        self.events.put(("end", reason, self.generated))
+                self.send(("text", rest))
+        self.send(("end", reason, self.generated))
         return True
+
+    def send(self, event: tuple[Any, ...]) -> None:
+        with self.handled:
+            self.pending += 1
+        self.events.put(event)
+
+    def done_with(self) -> None:
+        """Called by the request's thread once it has handled an event (sent its chunk on)."""
+        with self.handled:
+            self.pending -= 1
+            self.handled.notify_all()
 
     def release(self) -> None:
         if self.sampler is not None:

@@ -9,6 +9,7 @@ no admin route is reachable on this port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -30,7 +31,7 @@ from appliance.inference import openapi, protocol
 from appliance.inference.calls import chat_call, completion_call
 from appliance.inference.engine import END, Job
 from appliance.inference.kiosk_page import kiosk_router
-from appliance.inference.manager import Inference, Unavailable
+from appliance.inference.manager import Inference, Unavailable, UnknownModel
 from appliance.inference.metrics import Metrics
 from appliance.inference.protocol import ChatRequest, CompletionRequest, RequestError
 
@@ -90,7 +91,17 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
     # The generating thread gives the GIL back between tokens; while a new model loads beside it, a
     # short switch interval keeps the loader from making each token wait 5 ms for the GIL.
     sys.setswitchinterval(0.0005)
-    app = FastAPI(title="appliance inference", version=__version__,
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if start:
+            state.start_startup_load()
+        try:
+            yield
+        finally:
+            if start:
+                state.shutdown()
+
+    app = FastAPI(title="appliance inference", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible endpoints for kiosks. `/v1/*` needs the kiosk key as "
                               "`Authorization: Bearer <key>`.")
     app.state.inference = state
@@ -102,14 +113,6 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
     app.add_middleware(KioskAuth, key=runtime.kiosk_key.encode(), metrics=state.metrics)
     app.include_router(kiosk_router(runtime.settings))
 
-    if start:
-        @app.on_event("startup")
-        def _start() -> None:
-            state.start_startup_load()
-
-        @app.on_event("shutdown")
-        def _stop() -> None:
-            state.shutdown()
 
     @app.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, Any]:
@@ -128,21 +131,24 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models", summary="The model being served", responses=openapi.MODELS_RESPONSES)
+    @app.get("/v1/models", summary="The models being served: the site's default first, then each named "
+             "deployment", responses=openapi.MODELS_RESPONSES)
     def models() -> dict[str, Any]:
-        loaded = state.current
-        data = []
-        if loaded is not None:
-            data.append({"id": loaded.info.name, "object": "model", "created": int(loaded.info.path.stat().st_mtime),
-                         "owned_by": "appliance", "deployment_id": loaded.info.deployment_id,
-                         "artifact_id": loaded.info.artifact_id})
-        return {"object": "list", "data": data}
+        served = dict(state.served)
+        ordered = ([served.pop(None)] if None in served else []) + [served[k] for k in sorted(served, key=str)]
+        return {"object": "list", "data": [
+            {"id": m.info.name, "object": "model", "created": int(m.info.path.stat().st_mtime), "owned_by": "appliance",
+             "deployment_id": m.info.deployment_id, "artifact_id": m.info.artifact_id} for m in ordered]}
 
     async def _run(body: ChatRequest | CompletionRequest, call: Any) -> Response:
         loop = asyncio.get_running_loop()
         job = Job(call=call, stream=bool(body.stream), loop=loop)
         try:
-            loaded = state.submit(job)
+            loaded = state.submit(job, body.model)
+        except UnknownModel as exc:
+            return _error(404, f"The model '{exc}' does not exist (GET /v1/models lists the models served; "
+                          "none, 'default' or 'any' means the site's default)", "invalid_request_error",
+                          "model_not_found", "model")
         except Unavailable as exc:
             return _error(503, str(exc), "server_error", "unavailable", headers={"Retry-After": str(exc.retry_after)})
         name = loaded.info.name

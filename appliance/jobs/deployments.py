@@ -4,14 +4,18 @@ smoke-tests the model, and records the outcome (`active`, the previous one `reti
 with the reason while the old model keeps serving). No call between the processes is needed, so
 a restart of either side changes nothing.
 
-The target is the newest deployment that is pending or active. Until any exists, the bundled base
-model is served.
+Deployments are grouped by `channel`, the name kiosks ask for in a request's `model`: null is the
+site's default (what a request without `model`, or with `default`, gets), and each named channel
+is served beside it. A channel's target is its newest deployment that is pending or active; until
+the default channel has one, the bundled base model is served there.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
@@ -24,6 +28,19 @@ from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
 from appliance.paths import Paths
+
+DEFAULT_ALIASES = ("default", "any")  # `model` values that mean the site's default (README examples say "any")
+CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_channel(channel: str | None) -> str | None:
+    """A deployment's name as kiosks will send it in `model`; None (or empty): the site default."""
+    if not channel:
+        return None
+    if not CHANNEL.fullmatch(channel) or channel in DEFAULT_ALIASES:
+        raise _bad("name", f"name {channel!r}: letters, digits, '.', '_' or '-', at most 64, not one of "
+                   f"{', '.join(DEFAULT_ALIASES)} (they mean the site's default deployment)")
+    return channel
 
 
 def _move(session: Session, dep: Deployment, new: DeploymentStatus, message: str) -> None:
@@ -67,9 +84,11 @@ def model_file(
 def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None = None,
                        base_model_id: str | None = None, reason: str = "requested",
                        status: DeploymentStatus = DeploymentStatus.pending, gate_json: str | None = None,
-                       forced_by: str | None = None) -> Deployment:
+                       forced_by: str | None = None, channel: str | None = None) -> Deployment:
     """Record the wish to serve a model (`pending`; `gating` while the deployment gate waits for its
-    evaluations, appliance/jobs/gate.py, which is the way the API deploys)."""
+    evaluations, appliance/jobs/gate.py, which is the way the API deploys) on `channel` (None: the
+    site's default; a name: kiosks asking for that `model`, which /v1/models then lists)."""
+    channel = check_channel(channel)
     if (artifact_id is None) == (base_model_id is None):
         raise _bad("artifact_id", "give exactly one of artifact_id or base_model_id")
     with write_session(engine) as session:
@@ -77,7 +96,8 @@ def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None 
         if not path.is_file():
             raise _bad("artifact_id", f"the model file {path.name} is missing from the data directory")
         dep = Deployment(id=f"dep_{uuid.uuid4().hex[:12]}", artifact_id=artifact_id, base_model_id=base_model_id,
-                         name=name, status=str(status), gate_json=gate_json, forced_by=forced_by)
+                         name=channel or name, channel=channel, status=str(status), gate_json=gate_json,
+                         forced_by=forced_by)
         session.add(dep)
         events.record(session, kind="deployment.requested", entity_type="deployment", entity_id=dep.id,
                       message=f"{reason}: {name}")
@@ -86,41 +106,54 @@ def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None 
         return dep
 
 
-def rollback(*, engine: Engine, paths: Paths) -> Deployment:
-    """Deploy again what was active before the current deployment (the bundled model, when the
-    current one is the first)."""
+def rollback(*, engine: Engine, paths: Paths, channel: str | None = None) -> Deployment:
+    """Deploy again what was active on `channel` before its current deployment (on the default
+    channel, the bundled model when the current one is the first)."""
     with Session(engine) as session:
-        active = current(session)
+        active = current(session, channel)
         history = session.exec(
             select(Deployment).where(Deployment.status == DeploymentStatus.retired)
-            .order_by(col(Deployment.activated_at).desc())
+            .where(_on(channel)).order_by(col(Deployment.activated_at).desc())
         ).all()
     previous = next((d for d in history if active is None or (d.artifact_id, d.base_model_id) !=
                      (active.artifact_id, active.base_model_id)), None)
-    if previous is None and active is not None and active.artifact_id is not None:
+    if previous is None and active is not None and active.artifact_id is not None and channel is None:
         # Before the first deployment the bundled model was served: that is what rollback returns to.
         from appliance.models.registry import BUNDLED_ID
 
         return request_deployment(engine=engine, paths=paths, base_model_id=BUNDLED_ID,
-                                  reason=f"rollback from {active.id} to the bundled model")
+                                  reason=f"rollback from {active.id} to the bundled model", channel=channel)
     if previous is None:
         raise ConflictError("nothing to roll back to: no earlier deployment was ever active")
     return request_deployment(engine=engine, paths=paths, artifact_id=previous.artifact_id,
                               base_model_id=previous.base_model_id if previous.artifact_id is None else None,
-                              reason=f"rollback from {active.id if active else '-'} to {previous.id}'s model")
+                              reason=f"rollback from {active.id if active else '-'} to {previous.id}'s model",
+                              channel=channel)
 
 
-def current(session: Session) -> Deployment | None:
-    return session.exec(select(Deployment).where(Deployment.status == DeploymentStatus.active)
+def _on(channel: str | None) -> Any:
+    return col(Deployment.channel).is_(None) if channel is None else col(Deployment.channel) == channel
+
+
+def current(session: Session, channel: str | None = None) -> Deployment | None:
+    return session.exec(select(Deployment).where(Deployment.status == DeploymentStatus.active).where(_on(channel))
                         .order_by(col(Deployment.activated_at).desc())).first()
 
 
-def target(session: Session) -> Deployment | None:
-    """What the inference server should serve: the newest pending or active deployment."""
-    return session.exec(
+def target(session: Session, channel: str | None = None) -> Deployment | None:
+    """What the inference server should serve on `channel`: its newest pending or active deployment."""
+    return targets(session).get(channel)
+
+
+def targets(session: Session) -> dict[str | None, Deployment]:
+    """Every channel's target (its newest pending or active deployment); the default channel is None."""
+    found: dict[str | None, Deployment] = {}
+    for dep in session.exec(
         select(Deployment).where(col(Deployment.status).in_([DeploymentStatus.pending, DeploymentStatus.active]))
         .order_by(col(Deployment.created_at).desc(), col(Deployment.id).desc())
-    ).first()
+    ):
+        found.setdefault(dep.channel, dep)
+    return found
 
 
 # --- outcomes, recorded by the inference process -------------------------------------------------
@@ -130,12 +163,13 @@ def mark_active(*, engine: Engine, deployment_id: str, strategy: str, gap_ms: fl
                 smoke_text: str) -> None:
     with write_session(engine) as session:
         dep = get_deployment(session, deployment_id)
-        for other in session.exec(select(Deployment).where(Deployment.status == DeploymentStatus.active)):
+        on = _on(dep.channel)
+        for other in session.exec(select(Deployment).where(Deployment.status == DeploymentStatus.active).where(on)):
             if other.id != deployment_id:
                 other.retired_at = _now()
                 _move(session, other, DeploymentStatus.retired, f"replaced by {deployment_id}")
         # Older pending deployments were overtaken by this one: they will never be served.
-        for stale in session.exec(select(Deployment).where(Deployment.status == DeploymentStatus.pending)):
+        for stale in session.exec(select(Deployment).where(Deployment.status == DeploymentStatus.pending).where(on)):
             if stale.id != deployment_id and stale.created_at <= dep.created_at:
                 stale.error = f"superseded by {deployment_id} before it was loaded"
                 _move(session, stale, DeploymentStatus.failed, stale.error)

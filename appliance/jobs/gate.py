@@ -96,7 +96,7 @@ def decide(session: Session, paths: Paths, margins: dict[str, float], base: Eval
 
 def request(*, engine: Engine, paths: Paths, margins: dict[str, float], artifact_id: str | None = None,
             base_model_id: str | None = None, eval_dataset_id: str | None = None, force: bool = False,
-            who: str = "admin") -> Deployment:
+            who: str = "admin", channel: str | None = None) -> Deployment:
     """A deployment through the gate (module docstring). Raises ConflictError (409) with the reason when
     the gate refuses now, NotFoundError for an unknown eval dataset."""
     with Session(engine) as session:
@@ -108,7 +108,7 @@ def request(*, engine: Engine, paths: Paths, margins: dict[str, float], artifact
         record = GateRecord(status="forced", reason=f"deployed past the gate by {who}")
         dep = deployments.request_deployment(engine=engine, paths=paths, artifact_id=artifact_id,
                                              base_model_id=base_model_id, reason=f"forced by {who}",
-                                             gate_json=record.model_dump_json(), forced_by=who)
+                                             gate_json=record.model_dump_json(), forced_by=who, channel=channel)
         with write_session(engine) as session:
             events.record(session, kind="deployment.forced", entity_type="deployment", entity_id=dep.id,
                           message=f"{who} deployed {dep.name} without the deployment gate")
@@ -118,7 +118,8 @@ def request(*, engine: Engine, paths: Paths, margins: dict[str, float], artifact
                else f"{base_name} is what serves now; nothing to compare")
         record = GateRecord(status="not_gated", reason=why)
         return deployments.request_deployment(engine=engine, paths=paths, artifact_id=artifact_id,
-                                              base_model_id=base_model_id, gate_json=record.model_dump_json())
+                                              base_model_id=base_model_id, gate_json=record.model_dump_json(),
+                                              channel=channel)
     cand, _ = evaluations.request_evaluation(engine=engine, paths=paths, dataset_id=eval_set.id,
                                              artifact_id=artifact_id, base_model_id=base_model_id,
                                              reason="for the deployment gate")
@@ -132,7 +133,7 @@ def request(*, engine: Engine, paths: Paths, margins: dict[str, float], artifact
     return deployments.request_deployment(
         engine=engine, paths=paths, artifact_id=artifact_id, base_model_id=base_model_id,
         status=DeploymentStatus.gating if record.status == "waiting" else DeploymentStatus.pending,
-        gate_json=record.model_dump_json(), reason=f"gate {record.status}")
+        gate_json=record.model_dump_json(), reason=f"gate {record.status}", channel=channel)
 
 
 def resolve(*, engine: Engine, paths: Paths, margins: dict[str, float] | None = None) -> list[str]:

@@ -15,6 +15,9 @@ router = APIRouter(prefix="/api/deployments", tags=["deployments"], dependencies
 class DeployRequest(BaseModel):
     artifact_id: str | None = Field(None, description="A ready GGUF artifact")
     base_model_id: str | None = Field(None, description="Or a base model's own GGUF (e.g. the bundled model)")
+    name: str | None = Field(None, description="Serve it under this name, beside the site's default: kiosks ask "
+                             "for it with `model` (a new deployment with the same name replaces it); none: "
+                             "the site's default deployment")
     force: bool = Field(False, description="Deploy without the deployment gate (recorded, with who and when)")
     eval_dataset_id: str | None = Field(None, description="The eval set the gate compares on; default: the newest "
                                         "dataset uploaded with purpose=eval")
@@ -33,7 +36,7 @@ def create(body: DeployRequest, runtime: RuntimeDep, request: Request) -> Deploy
     who = f"admin token from {request.client.host if request.client else 'unknown'}"
     dep = gate.request(engine=runtime.engine, paths=runtime.paths, margins=runtime.settings.gate_margins,
                        artifact_id=body.artifact_id, base_model_id=body.base_model_id,
-                       eval_dataset_id=body.eval_dataset_id, force=body.force, who=who)
+                       eval_dataset_id=body.eval_dataset_id, force=body.force, who=who, channel=body.name)
     return DeploymentPublic.of(dep)
 
 
@@ -45,8 +48,9 @@ def list_(session: SessionDep) -> list[DeploymentPublic]:
 @router.post("/rollback", response_model=DeploymentPublic, status_code=status.HTTP_202_ACCEPTED,
              summary="Deploy again the model that was active before the current one",
              responses=responses(404, 422, 507, notes={409: "Nothing to roll back to"}))
-def rollback(runtime: RuntimeDep) -> DeploymentPublic:
-    return DeploymentPublic.of(deployments.rollback(engine=runtime.engine, paths=runtime.paths))
+def rollback(runtime: RuntimeDep, name: str | None = None) -> DeploymentPublic:
+    """`name`: roll back that named deployment; none: the site's default."""
+    return DeploymentPublic.of(deployments.rollback(engine=runtime.engine, paths=runtime.paths, channel=name))
 
 
 @router.get("/{deployment_id}", response_model=DeploymentPublic, summary="One deployment",

@@ -1,4 +1,5 @@
-"""A GGUF file checked before llama.cpp opens it: llama.cpp can abort the process on a malformed one."""
+"""A GGUF file checked before llama.cpp opens it: llama.cpp can abort the process on a malformed one.
+Beside the GGUF writer (gguf_write.py); the value types are `gguf`'s own enums."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def check_gguf(path: Path) -> int:
     import mmap
     import struct
 
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
     if not path.is_file():
         raise FileNotFoundError(f"{path.name} is missing")
@@ -24,7 +25,9 @@ def check_gguf(path: Path) -> int:
         buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     try:
         pos = 4
-        scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+        t = GGUFValueType
+        scalar: dict[int, int] = {t.UINT8: 1, t.INT8: 1, t.UINT16: 2, t.INT16: 2, t.UINT32: 4, t.INT32: 4,
+                                  t.FLOAT32: 4, t.BOOL: 1, t.UINT64: 8, t.INT64: 8, t.FLOAT64: 8}
 
         def take(fmt: str) -> Any:
             nonlocal pos
@@ -34,16 +37,16 @@ def check_gguf(path: Path) -> int:
 
         def skip_value(vtype: int) -> Any:
             nonlocal pos
-            if vtype == 8:  # string
+            if vtype == t.STRING:
                 n = take("Q")
                 text = buf[pos:pos + n]
                 pos += n
                 return bytes(text)
-            if vtype == 9:  # array
+            if vtype == t.ARRAY:
                 item, count = take("I"), take("Q")
                 if item in scalar:
                     pos += scalar[item] * count
-                elif item == 8:  # vocabularies: ~10^5 strings, so the tightest loop
+                elif item == t.STRING:  # vocabularies: ~10^5 strings, so the tightest loop
                     from_bytes = int.from_bytes
                     longest = 0
                     for _ in range(count):
@@ -68,7 +71,7 @@ def check_gguf(path: Path) -> int:
         n_tensors, n_kv = take("Q"), take("Q")
         alignment, longest_token = 32, 0
         for _ in range(n_kv):
-            key = skip_value(8)
+            key = skip_value(t.STRING)
             value = skip_value(take("I"))
             if key == b"general.alignment" and value is not None:
                 alignment = int.from_bytes(value, "little")
@@ -76,7 +79,7 @@ def check_gguf(path: Path) -> int:
                 longest_token = value
         tensors = []
         for _ in range(n_tensors):
-            name = skip_value(8)
+            name = skip_value(t.STRING)
             dims = [take("Q") for _ in range(take("I"))]
             ttype, offset = take("I"), take("Q")
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
