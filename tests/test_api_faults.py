@@ -36,16 +36,17 @@ def error_body(res: httpx.Response) -> ErrorBody:
     return ErrorBody.model_validate(body)
 
 
-def json_routes(runtime: Runtime) -> list[tuple[str, list[str]]]:
-    """(path, body properties) of every route that takes a JSON body, from the OpenAPI document."""
+def json_routes(runtime: Runtime) -> list[tuple[str, str, list[str]]]:
+    """(method, path, body properties) of every operation that takes a JSON body, from the OpenAPI
+    document."""
     doc = create_app(runtime=runtime).openapi()
     out = []
     for path, ops in doc["paths"].items():
-        for op in ops.values():
+        for method, op in ops.items():
             content = op.get("requestBody", {}).get("content", {})
             if "application/json" in content:
                 ref = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
-                out.append((path, list(doc["components"]["schemas"][ref]["properties"])))
+                out.append((method.upper(), path, list(doc["components"]["schemas"][ref]["properties"])))
     return out
 
 
@@ -57,13 +58,13 @@ def deep(depth: int, shape: str) -> str:
 def test_json_nested_a_thousand_deep_is_refused_on_every_json_route(client: TestClient, runtime: Runtime,
                                                                      shape: str) -> None:
     routes = json_routes(runtime)
-    assert {path for path, _ in routes} >= {"/api/runs", "/api/artifacts/export", "/api/deployments"}
-    for path, fields in routes:
+    assert {path for _, path, _ in routes} >= {"/api/runs", "/api/artifacts/export", "/api/deployments"}
+    for method, path, fields in routes:
         for depth in DEPTHS:
             nested = deep(depth, shape)
             for body in [nested, *(f'{{"{field}": {nested}}}' for field in fields)]:
-                res = client.post(path, content=body, headers={"Content-Type": "application/json"})
-                assert res.status_code in (400, 422), (path, depth, body[:30], res.status_code, res.text[:300])
+                res = client.request(method, path, content=body, headers={"Content-Type": "application/json"})
+                assert res.status_code in (400, 422), (method, path, depth, body[:30], res.status_code, res.text[:300])
                 assert error_body(res).detail
     res = client.post("/api/runs", content=deep(100_000, shape), headers={"Content-Type": "application/json"})
     assert res.status_code == 400 and error_body(res).detail == "the request body is JSON nested too deeply"
@@ -239,3 +240,15 @@ def test_listing_datasets_never_fails_while_another_client_deletes_them(data_dir
             t.join(300)
     assert listings and {status for status, _ in listings} == {200}, json.dumps(listings)
     assert any(0 < n < len(ids) for n in during), during  # listings really ran while datasets were going
+
+
+def test_rollback_while_a_deployment_is_underway_says_so(client: TestClient) -> None:
+    # No inference server runs here, so the deployment stays pending: a rollback now would return to
+    # the model before the active one instead of undoing the newcomer; it is refused with the reason.
+    dep = client.post("/api/deployments", json={"base_model_id": BUNDLED_ID})
+    assert dep.status_code == 202, dep.text
+    res = client.post("/api/deployments/rollback")
+    assert res.status_code == 409
+    detail = f"deployment {dep.json()['id']} is pending; roll back once it is active or has failed"
+    assert error_body(res).detail == detail
+    assert [d["status"] for d in client.get("/api/deployments").json()] == ["pending"]

@@ -108,9 +108,21 @@ def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None 
 
 def rollback(*, engine: Engine, paths: Paths, channel: str | None = None) -> Deployment:
     """Deploy again what was active on `channel` before its current deployment (on the default
-    channel, the bundled model when the current one is the first)."""
+    channel, the bundled model when the current one is the first).
+
+    Raises ConflictError (409) while a deployment on the channel is gating or pending, and when
+    nothing was active before."""
     with Session(engine) as session:
         active = current(session, channel)
+        underway = session.exec(
+            select(Deployment).where(col(Deployment.status).in_([DeploymentStatus.gating, DeploymentStatus.pending]))
+            .where(_on(channel)).order_by(col(Deployment.created_at).desc())
+        ).first()
+        if underway is not None:
+            # Rolling back from under a deployment still loading would pick the model before the active
+            # one, not undo the newcomer: say what is underway instead of guessing which was meant.
+            raise ConflictError(f"deployment {underway.id} is {underway.status}; roll back once it is active "
+                                "or has failed")
         history = session.exec(
             select(Deployment).where(Deployment.status == DeploymentStatus.retired)
             .where(_on(channel)).order_by(col(Deployment.activated_at).desc())

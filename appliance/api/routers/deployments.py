@@ -47,7 +47,8 @@ def list_(session: SessionDep) -> list[DeploymentPublic]:
 
 @router.post("/rollback", response_model=DeploymentPublic, status_code=status.HTTP_202_ACCEPTED,
              summary="Deploy again the model that was active before the current one",
-             responses=responses(404, 422, 507, notes={409: "Nothing to roll back to"}))
+             responses=responses(404, 422, 507, notes={
+                 409: "Nothing to roll back to, or a deployment is still gating or pending"}))
 def rollback(runtime: RuntimeDep, name: str | None = None) -> DeploymentPublic:
     """`name`: roll back that named deployment; none: the site's default."""
     return DeploymentPublic.of(deployments.rollback(engine=runtime.engine, paths=runtime.paths, channel=name))
