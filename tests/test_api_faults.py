@@ -245,6 +245,9 @@ def test_listing_datasets_never_fails_while_another_client_deletes_them(data_dir
 def test_rollback_while_a_deployment_is_underway_says_so(client: TestClient) -> None:
     # No inference server runs here, so the deployment stays pending: a rollback now would return to
     # the model before the active one instead of undoing the newcomer; it is refused with the reason.
+    first = client.post("/api/deployments/rollback")
+    assert first.status_code == 409
+    assert error_body(first).detail == "nothing to roll back to: no earlier deployment was ever active"
     dep = client.post("/api/deployments", json={"base_model_id": BUNDLED_ID})
     assert dep.status_code == 202, dep.text
     res = client.post("/api/deployments/rollback")
