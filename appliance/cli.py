@@ -602,8 +602,12 @@ def deploy(
     the old one, smoke-tests it and switches without a failed request."""
     import getpass
 
+    from appliance.api.routers.playground import PLAYGROUND
     from appliance.jobs import gate
 
+    if name == PLAYGROUND:
+        raise typer.BadParameter(f"{PLAYGROUND!r} is reserved for the console Playground's comparisons",
+                                 param_hint="--name")
     runtime = _runtime()
     dep = _checked(lambda: gate.request(engine=runtime.engine, paths=runtime.paths,
                                         margins=runtime.settings.gate_margins, artifact_id=artifact,

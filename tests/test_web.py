@@ -17,6 +17,7 @@ from conftest import clone_data_dir
 from test_inference import KEY
 from web_harness import (
     ARTIFACTS,
+    LONG,
     TOKEN,
     Appliance,
     api,
@@ -25,10 +26,10 @@ from web_harness import (
     chromium,
     drop_file,
     focus_order,
+    kiosk,
     screenshot,
 )
 
-LONG = 300_000  # ms: a bound for what the worker does on a loaded 2-core machine, never a sleep
 EVAL_ROWS = [{"instruction": f"Where can I find the {p}?",
               "output": f"The {p} is on floor {i % 4 + 1}, room {100 + i}."}
              for i, p in enumerate(["pharmacy", "lab", "x-ray room"])]
@@ -213,12 +214,23 @@ def playground(page: Any) -> None:
 
     page.click('[data-nav="playground"]')
     expect(page.locator("#served")).to_contain_text("Serving")
+    # The base model served beside the fine-tune the kiosks get, as "playground" (past the gate), then
+    # one prompt to both: the two answers stream at the same time, one pane each.
+    page.select_option("#compare-model", "model:smollm2-135m-instruct")
+    page.get_by_role("button", name="Serve for comparison").click()
+    expect(page.locator("#compare-status")).to_have_attribute("data-status", "active", timeout=LONG)
+    page.select_option("#pane-1-model", "playground")
     page.fill("#prompt", "Where is the pharmacy?")
     page.get_by_role("button", name="Send").click()
-    answer = page.locator("#chat-log .turn.assistant").last
-    expect(answer).to_have_attribute("data-streaming", "false", timeout=LONG)
-    assert int(answer.get_attribute("data-chunks") or 0) >= 2  # streamed in pieces, not at once
-    assert answer.inner_text().strip()
+    answers = [page.locator(f"#chat-log-{i} .turn.assistant").last for i in (0, 1)]
+    for answer in answers:
+        expect(answer).to_have_attribute("data-streaming", "false", timeout=LONG)
+        assert int(answer.get_attribute("data-chunks") or 0) >= 2  # streamed in pieces, not at once
+        assert answer.inner_text().strip()
+    assert answers[1].get_attribute("data-model") == "playground"
+    first, done = ([float(a.get_attribute(k) or "nan") for a in answers] for k in ("data-first-at", "data-done-at"))
+    assert max(first) < min(done), (first, done)  # each began before the other ended: both streamed at once
+    assert axe_violations(page) == []
     screenshot(page, "playground")
 
 
@@ -243,39 +255,6 @@ def chinese(page: Any) -> None:
     screenshot(page, "system-zh")
     page.select_option("#lang", "en")
     expect(page.locator('[data-nav="datasets"]')).to_have_text("Datasets")
-
-
-def kiosk(page: Any, box: Appliance) -> None:
-    from playwright.sync_api import expect
-
-    page.set_default_timeout(60_000)
-    page.goto(box.inference + "/#key=wrong-key")
-    expect(page.locator("#key-error")).to_contain_text("refused")
-    expect(page.locator("#chat")).to_be_hidden()
-    expect(page.locator("#key")).to_be_focused()
-    assert focus_order(page, 1) == ["key-submit"]
-    assert axe_violations(page) == []
-    page.fill("#key", KEY)
-    page.press("#key", "Enter")
-    expect(page.locator("#log")).to_contain_text("Welcome to the clinic")
-    expect(page.locator("#question")).to_be_focused()
-    assert focus_order(page, 1) == ["ask"]
-    page.fill("#question", "Where is the lab?")
-    page.press("#question", "Enter")
-    answer = page.locator("#log .msg.assistant").last
-    expect(answer).to_have_attribute("data-streaming", "false", timeout=LONG)
-    assert answer.inner_text().strip()
-    screenshot(page, "kiosk")
-    assert axe_violations(page) == []
-    page.get_by_role("button", name="New conversation").click()
-    expect(page.locator("#log .msg")).to_have_count(1)  # the welcome alone
-    # Left alone (APPLIANCE_KIOSK_IDLE_RESET_S=8), the next customer finds a fresh conversation.
-    page.fill("#question", "Where is the pharmacy?")
-    page.press("#question", "Enter")
-    expect(page.locator("#log .msg")).to_have_count(3)
-    expect(page.locator("#log .msg")).to_have_count(1, timeout=LONG)
-    expect(page.locator("#log")).to_contain_text("Welcome to the clinic")
-    assert page.evaluate("location.hash") == ""  # the key does not stay in the address bar
 
 
 def test_the_console_speaks_the_browsers_language(data_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """What the browser tests share: the appliance's three processes on 127.0.0.1 (API, worker,
-inference server) on one data directory, Debian's Chromium with every request recorded, and the
-axe-core checks (vendored in appliance/web/vendor)."""
+inference server) on one data directory, Debian's Chromium with every request recorded, the
+axe-core checks (vendored in appliance/web/vendor), and the kiosk page's steps."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ AXE = ROOT / "appliance" / "web" / "vendor" / "axe.min.js"
 ARTIFACTS = ROOT / "tests" / "artifacts" / "web"  # every page's screenshot, kept after the run
 SCREENSHOTS = ROOT / "docs" / "screenshots"  # the README's, refreshed with APPLIANCE_UPDATE_SCREENSHOTS=1
 TOKEN = "web-token"
+LONG = 300_000  # ms: a bound for what the worker does on a loaded 2-core machine, never a sleep
 # Fast evaluations: no retention probe, short answers (the gate and the comparison work the same).
 ENV = {"APPLIANCE_KIOSK_KEY": KEY, "APPLIANCE_EVAL_RETENTION_PROBE": "false", "APPLIANCE_EVAL_MAX_TOKENS": "24",
        "APPLIANCE_WORKER_POLL_S": "0.2", "APPLIANCE_KIOSK_WELCOME": "Welcome to the clinic. Ask me anything.",
@@ -125,3 +126,36 @@ def drop_file(page: Any, name: str, text: str) -> None:
     transfer = page.evaluate_handle("""([name, text]) => { const dt = new DataTransfer();
         dt.items.add(new File([text], name, { type: "application/json" })); return dt; }""", [name, text])
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+
+
+def kiosk(page: Any, box: Appliance) -> None:
+    from playwright.sync_api import expect
+
+    page.set_default_timeout(60_000)
+    page.goto(box.inference + "/#key=wrong-key")
+    expect(page.locator("#key-error")).to_contain_text("refused")
+    expect(page.locator("#chat")).to_be_hidden()
+    expect(page.locator("#key")).to_be_focused()
+    assert focus_order(page, 1) == ["key-submit"]
+    assert axe_violations(page) == []
+    page.fill("#key", KEY)
+    page.press("#key", "Enter")
+    expect(page.locator("#log")).to_contain_text("Welcome to the clinic")
+    expect(page.locator("#question")).to_be_focused()
+    assert focus_order(page, 1) == ["ask"]
+    page.fill("#question", "Where is the lab?")
+    page.press("#question", "Enter")
+    answer = page.locator("#log .msg.assistant").last
+    expect(answer).to_have_attribute("data-streaming", "false", timeout=LONG)
+    assert answer.inner_text().strip()
+    screenshot(page, "kiosk")
+    assert axe_violations(page) == []
+    page.get_by_role("button", name="New conversation").click()
+    expect(page.locator("#log .msg")).to_have_count(1)  # the welcome alone
+    # Left alone (APPLIANCE_KIOSK_IDLE_RESET_S=8), the next customer finds a fresh conversation.
+    page.fill("#question", "Where is the pharmacy?")
+    page.press("#question", "Enter")
+    expect(page.locator("#log .msg")).to_have_count(3)
+    expect(page.locator("#log .msg")).to_have_count(1, timeout=LONG)
+    expect(page.locator("#log")).to_contain_text("Welcome to the clinic")
+    assert page.evaluate("location.hash") == ""  # the key does not stay in the address bar

@@ -5,8 +5,10 @@ from pydantic import BaseModel, Field
 
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
 from appliance.api.errors import responses
+from appliance.api.routers.playground import PLAYGROUND
 from appliance.api.schemas import DeploymentPublic
 from appliance.jobs import deployments, gate
+from appliance.jobs.common import bad_request
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"], dependencies=[AdminDep],
                    responses=responses(401, 422))
@@ -17,7 +19,8 @@ class DeployRequest(BaseModel):
     base_model_id: str | None = Field(None, description="Or a base model's own GGUF (e.g. the bundled model)")
     name: str | None = Field(None, description="Serve it under this name, beside the site's default: kiosks ask "
                              "for it with `model` (a new deployment with the same name replaces it); none: "
-                             "the site's default deployment")
+                             f"the site's default deployment. {PLAYGROUND!r} is reserved for the Playground's "
+                             "comparisons (POST /api/playground/compare)")
     force: bool = Field(False, description="Deploy without the deployment gate (recorded, with who and when)")
     eval_dataset_id: str | None = Field(None, description="The eval set the gate compares on; default: the newest "
                                         "dataset uploaded with purpose=eval")
@@ -33,6 +36,9 @@ def create(body: DeployRequest, runtime: RuntimeDep, request: Request) -> Deploy
     """With an eval set (a dataset uploaded with purpose=eval), the candidate and the model serving now
     are evaluated on it (reusing earlier evaluations): 409 when the candidate is worse beyond the
     margins; `gating` while the evaluations run (then `pending`, or `failed` with the reason)."""
+    if body.name == PLAYGROUND:
+        raise bad_request("name", f"name {PLAYGROUND!r} is reserved for the Playground's comparisons "
+                          "(POST /api/playground/compare)")
     who = f"admin token from {request.client.host if request.client else 'unknown'}"
     dep = gate.request(engine=runtime.engine, paths=runtime.paths, margins=runtime.settings.gate_margins,
                        artifact_id=body.artifact_id, base_model_id=body.base_model_id,
