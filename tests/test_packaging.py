@@ -185,7 +185,7 @@ def test_install_refuses_unknown_and_contradictory_options(tmp_path: Path) -> No
     assert out.returncode == 1 and "--data is for --native" in out.stderr
 
 
-def test_a_wheel_of_the_appliance_carries_its_migrations_presets_and_converter(tmp_path: Path) -> None:
+def test_a_wheel_of_the_appliance_carries_its_migrations_presets_web_pages_and_converter(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("appliance-*.whl")
@@ -194,7 +194,11 @@ def test_a_wheel_of_the_appliance_carries_its_migrations_presets_and_converter(t
     shipped = {f"share/appliance/migrations/versions/{f.name}" for f in (ROOT / "migrations" / "versions").glob("*.py")}
     assert shipped <= set(data), shipped - set(data)
     assert "share/appliance/migrations/env.py" in data and "share/appliance/presets/lora-cpu.yaml" in data
-    assert "appliance/web/index.html" in names
+    # every file the console and the kiosk page serve (vendor-src is npm's side of `make web-vendor`)
+    web = ROOT / "appliance" / "web"
+    served = {f"appliance/web/{f.relative_to(web)}" for f in web.rglob("*")
+              if f.is_file() and "vendor-src" not in f.parts and "__pycache__" not in f.parts}
+    assert "appliance/web/index.html" in served and served <= set(names), served - set(names)
     # llama.cpp's converter (export/converter.py), its conversion package and its own gguf-py
     vendored = {f"share/appliance/{f.relative_to(ROOT / 'vendor')}" for f in (ROOT / "vendor" / "llama.cpp").rglob("*")
                 if f.is_file() and "__pycache__" not in f.parts}

@@ -128,6 +128,14 @@ def main() -> int:
         log(f"first kiosk answer {results['install_to_kiosk_answer_s']} s after install.sh started: {first!r}")
         assert oct((prefix / ".env").stat().st_mode & 0o777) == "0o600", "the .env holding secrets is not 0600"
         assert box.api.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        # The console and the kiosk page come from the installed wheel in the image: every file they load.
+        for client, paths in [(box.api, ["/", "/static/js/main.js", "/static/js/pages/runs.js", "/static/i18n/zh.json",
+                                         "/static/vendor/uPlot.esm.js", "/static/style.css"]),
+                              (box.kiosk, ["/", "/kiosk/kiosk.js", "/kiosk/kiosk.css", "/kiosk/config.json"])]:
+            for path in paths:
+                r = client.get(path)
+                assert r.status_code == 200 and r.content, f"{client.base_url}{path}: {r.status_code}"
+        log("the console's and the kiosk page's files are served from the image")
 
         ds = box.ok(box.api.post("/api/datasets", files={"file": ("faq.jsonl", "\n".join(map(json.dumps, FAQ)))}))
         run = box.ok(box.api.post("/api/runs", json={"dataset_id": ds["id"], "base_model_id": "smollm2-135m-instruct",
