@@ -75,6 +75,7 @@ class EvalSpec(_Strict):
 
     evaluation_id: str
     model_path: Path
+    lora_path: Path | None = Field(None, description="A GGUF LoRA adapter applied on model_path (an adapter artifact)")
     model_name: str
     dataset_path: Path = Field(description="Normalized dataset, one {'messages': [...]} object per line")
     out_dir: Path

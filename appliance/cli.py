@@ -488,6 +488,9 @@ def export_cmd(
     base: Annotated[str | None, typer.Option(help="Export this base model instead of a run")] = None,
     adapter: Annotated[bool, typer.Option("--adapter", help="Export the LoRA alone as a GGUF adapter")] = False,
     adapter_id: Annotated[str | None, typer.Option(help="Export this adapter artifact (models import-adapter)")] = None,
+    base_artifact: Annotated[str | None, typer.Option(
+        help="With --adapter: the base GGUF artifact it is served on (default: newest f16 export of the base)",
+    )] = None,
     wait: Annotated[bool, typer.Option(help="Follow the export with a progress bar until it ends")] = True,
 ) -> None:
     """Export a run (or a base model) as GGUF. The worker makes it; this queues it and follows it."""
@@ -498,7 +501,7 @@ def export_cmd(
     out_type = None if adapter and type_ == "q8_0" else type_
     art, created = _checked(lambda: request_export(engine=runtime.engine, paths=runtime.paths, run_id=run,
                                                    base_model_id=base, out_type=out_type, kind=kind,
-                                                   adapter_id=adapter_id))
+                                                   adapter_id=adapter_id, base_artifact_id=base_artifact))
     typer.echo(f"{'queued' if created else 'already exported or queued'}: {art.id}", err=True)
     info = _watch_artifact(runtime, art.id) if wait else _artifact_public(runtime, art.id)
     _print(info)
@@ -625,6 +628,18 @@ def rollback(wait: Annotated[bool, typer.Option(help="Wait until it is served")]
     runtime = _runtime()
     dep = _checked(lambda: do_rollback(engine=runtime.engine, paths=runtime.paths, channel=name))
     _follow_deployment(runtime, dep.id, wait)
+
+
+@app.command()
+def undeploy(name: Annotated[str, typer.Argument(help="The deployment's name (what kiosks send as `model`)")]) -> None:
+    """Stop serving a named deployment; requests in flight on it end first."""
+    import getpass
+
+    from appliance.jobs.deployments import undeploy as do_undeploy
+
+    runtime = _runtime()
+    dep = _checked(lambda: do_undeploy(engine=runtime.engine, channel=name, who=f"{getpass.getuser()} (CLI)"))
+    typer.echo(f"{name}: {dep.id} {dep.status}; the inference server stops serving it within a second")
 
 
 @deployments_app.command("list")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,10 @@ def _one(client: httpx.Client, url: str, body: dict[str, Any]) -> dict[str, floa
             "tokens": len(stamps), "start": start, "end": end}
 
 
-def run_clients(base: str, clients: int, requests: int, tokens: int, key: str | None) -> dict[str, Any]:
-    """`clients` threads, each: one warm-up request, then `requests` measured ones back to back."""
+def run_clients(base: str, clients: int, requests: int, tokens: int, key: str | None,
+                extra: Callable[[int], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`clients` threads, each: one warm-up request, then `requests` measured ones back to back.
+    `extra(i)`: more request fields for client i (its `model`, llama-server's `lora`)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     url = f"{base}/v1/chat/completions"
     done: list[dict[str, float]] = []
@@ -57,7 +59,7 @@ def run_clients(base: str, clients: int, requests: int, tokens: int, key: str | 
 
     def client(i: int) -> None:
         body = {"messages": [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
-                "max_tokens": tokens, "temperature": 0, "seed": 0, "stream": True}
+                "max_tokens": tokens, "temperature": 0, "seed": 0, "stream": True, **(extra(i) if extra else {})}
         # A connection per request: llama-server closes idle keep-alive connections, and a request
         # sent on one it has just closed fails ("Server disconnected without sending a response").
         with httpx.Client(timeout=600, headers={**headers, "Connection": "close"}) as http:
@@ -131,10 +133,12 @@ def appliance(data_dir: Path, port: int, key: str, threads: int, ctx: int, **env
 
 
 @contextlib.contextmanager
-def llama_server(binary: Path, gguf: Path, port: int, threads: int, parallel: int, ctx: int) -> Iterator[str]:
-    """llama.cpp's llama-server: `parallel` slots of `ctx` tokens each (continuous batching)."""
+def llama_server(binary: Path, gguf: Path, port: int, threads: int, parallel: int, ctx: int,
+                 *args: str) -> Iterator[str]:
+    """llama.cpp's llama-server: `parallel` slots of `ctx` tokens each (continuous batching); `args`:
+    more of its options (e.g. --lora FILE)."""
     cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
-           "-tb", str(threads), "--parallel", str(parallel), "-c", str(ctx * parallel), "--no-webui"]
+           "-tb", str(threads), "--parallel", str(parallel), "-c", str(ctx * parallel), "--no-webui", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

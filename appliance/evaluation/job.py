@@ -69,7 +69,8 @@ def run(spec: EvalSpec) -> EvalDone:
             emit(Progress(stage="questions", progress=scored / total, detail=f"{scored}/{total}"))
             gate.wait()
 
-        result = evaluate(spec.model_path, rows, retention=spec.retention, done=done, progress=progress,
+        result = evaluate(spec.model_path, rows, lora_path=spec.lora_path, retention=spec.retention, done=done,
+                          progress=progress,
                           max_tokens=spec.max_tokens, model_name=spec.model_name)
     partial = spec.out_dir / "result.json.partial"
     partial.write_text(result.model_dump_json())

@@ -67,12 +67,12 @@ class EvalModel:
     missing or malformed GGUF (checked before llama.cpp opens it)."""
 
     def __init__(self, path: Path, *, n_ctx: int = DEFAULT_CTX, threads: int | None = None, gpu_layers: int = 0,
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None, lora_path: Path | None = None) -> None:
         from appliance.inference.llm import open_served
 
         self.path = path
         self.llm = open_served(path, n_ctx=n_ctx, threads=threads or os.cpu_count() or 1, gpu_layers=gpu_layers,
-                               logits_all=True)
+                               logits_all=True, lora_path=lora_path)
         if chat_template is not None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 

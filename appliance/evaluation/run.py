@@ -49,7 +49,8 @@ def score_row(model: EvalModel, index: int, kind: RowSet, row: EvalRow, max_toke
         contains=overlap.contains(gen.text, refs), ttft_s=gen.ttft_s, tokens_per_s=gen.tokens_per_s)
 
 
-def evaluate(model_path: Path, rows: Sequence[EvalRow], *, chat_template: str | None = None,
+def evaluate(model_path: Path, rows: Sequence[EvalRow], *, lora_path: Path | None = None,
+             chat_template: str | None = None,
              retention: Retention = True, done: Sequence[QuestionResult] = (), progress: Progress | None = None,
              max_tokens: int = DEFAULT_MAX_TOKENS, retention_max_tokens: int = RETENTION_MAX_TOKENS,
              n_ctx: int = DEFAULT_CTX, threads: int | None = None, gpu_layers: int = 0, model_name: str | None = None,
@@ -57,7 +58,8 @@ def evaluate(model_path: Path, rows: Sequence[EvalRow], *, chat_template: str | 
     """Evaluate the GGUF at `model_path` on `rows`, then on the retention probe (`retention`: True
     the shipped probe, False none, or a list of probe rows).
 
-    `chat_template`: None renders prompts with the GGUF's own template, as kiosks get them.
+    `lora_path`: a GGUF LoRA adapter applied on the model (llama.cpp's lora_path, as the inference
+    server applies it). `chat_template`: None renders prompts with the GGUF's own template, as kiosks get them.
     `done`: results reported by an earlier attempt of this evaluation; their questions are skipped
     (a result whose id does not match the question at its index raises ValueError: not the same
     eval set). `progress(result, scored, total)` is called after each question, in order.
@@ -75,7 +77,7 @@ def evaluate(model_path: Path, rows: Sequence[EvalRow], *, chat_template: str | 
     todo = [i for i in range(len(questions)) if i not in results]
     if todo:
         with EvalModel(model_path, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
-                       chat_template=chat_template) as model:
+                       chat_template=chat_template, lora_path=lora_path) as model:
             for index in todo:
                 kind, row = questions[index]
                 limit = max_tokens if kind == RowSet.EVAL else retention_max_tokens

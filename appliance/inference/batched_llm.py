@@ -5,7 +5,8 @@ the Llama's own context, and `n_ctx()` the context one request may use.
 
 `create_completion` returns llama-cpp-python's shapes (a completion dict, or an iterator of
 completion chunks ending with one that carries `finish_reason`), so its chat handlers turn them into
-chat completions unchanged. One `BatchedLlama` per request: `generated` counts that request's tokens.
+chat completions unchanged. One `BatchedLlama` per request: `generated` counts that request's tokens;
+`adapter` names the LoRA adapter its sequence is decoded with.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
 
 
 class BatchedLlama:
-    def __init__(self, model: BatchedModel, cancelled: threading.Event) -> None:
-        self._model, self._cancelled = model, cancelled
+    def __init__(self, model: BatchedModel, cancelled: threading.Event, adapter: str | None = None) -> None:
+        self._model, self._cancelled, self._adapter = model, cancelled, adapter
         self._seq: Sequence | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -65,7 +66,7 @@ class BatchedLlama:
                             grammar=grammar._grammar if grammar is not None else None)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         seq = Sequence(prompt=list(tokens), max_tokens=limit, sampling=sampling, stops=stops,
-                       cancelled=self._cancelled)
+                       cancelled=self._cancelled, adapter=self._adapter)
         self._seq = seq
         self._model.enqueue(seq)
         ident, created, name = f"cmpl-{uuid.uuid4()}", int(time.time()), self._model.info.name

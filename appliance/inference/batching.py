@@ -14,7 +14,8 @@ The KV cache holds `parallel` streams of `ctx` cells (one per seat): each reques
 tokens, whatever the others use. A seat keeps the cells of the request it served last, and a new
 request takes the free seat whose cells share the longest prefix with its prompt (the system prompt
 and chat-template preamble every kiosk sends; the same question asked again) and decodes only the
-rest, as llama-server's prompt cache does.
+rest, as llama-server's prompt cache does (appliance/inference/seats.py). LoRA adapters of this
+base are decoded in groups, one per adapter, every step (appliance/inference/adapters.py).
 """
 
 from __future__ import annotations
@@ -25,65 +26,53 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import llama_cpp
 
+from appliance.inference.adapters import AdapterHosting, Loras
 from appliance.inference.batched_llm import BatchedLlama
-from appliance.inference.engine import END, Job, ModelInfo, iterate
+from appliance.inference.engine import END, Job, LoadSpec, ModelHost, ModelInfo, iterate, smoke_test
 from appliance.inference.metrics import Metrics
+from appliance.inference.seats import Seats
 from appliance.inference.sequences import Sequence
 from appliance.serving import KioskPriority
 
 log = logging.getLogger("appliance.inference")
 N_BATCH = 512  # tokens per decode step: every generating sequence's next token, then prompt tokens
+OWN_CTX = 64  # tokens of the Llama's own context (it renders and tokenizes; the batch decodes)
 HANDLED_WAIT_S = 0.05  # the longest a step waits for request threads to handle the tokens of the last
 
 
-class BatchedModel:
-    """`load()` returns the model (llama-cpp-python's Llama with a minimal context of its own: it
-    gives the vocabulary, tokenizer and chat template); this creates the batched context beside it.
-    `check(llm)` is the smoke test, run through the batch like any request."""
+class BatchedModel(AdapterHosting, ModelHost):
+    """The model (llama-cpp-python's Llama with a minimal context of its own: it gives the
+    vocabulary, tokenizer and chat template) and the batched context beside it, `parallel` seats of
+    `spec.n_ctx` tokens each. Smoke-tested through the batch like any request."""
 
-    def __init__(self, info: ModelInfo, load: Callable[[], Any], check: Callable[[Any], str], queue_size: int,
-                 metrics: Metrics, compute: threading.Lock, loading: threading.Event | None = None,
-                 threads: int = 0, priority: KioskPriority | None = None, *, parallel: int, ctx: int) -> None:
-        self.info, self.metrics, self.compute, self.priority = info, metrics, compute, priority
-        self.loading = loading or threading.Event()
-        self.threads, self._threads_now = threads, threads
-        self.parallel, self.ctx, self.queue_size = parallel, ctx, queue_size
-        self._load, self._check = load, check
-        self.llm: Any = None
+    def __init__(self, info: ModelInfo, spec: LoadSpec, queue_size: int, metrics: Metrics, compute: threading.Lock,
+                 loading: threading.Event | None = None, priority: KioskPriority | None = None, *,
+                 parallel: int) -> None:
+        super().__init__(info, spec, metrics, compute, loading, priority)
+        self.parallel, self.ctx, self.queue_size = parallel, spec.n_ctx, queue_size
         self._ctx: Any = None
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.smoke_text = ""
-        self.load_s = 0.0
         self.incoming: queue.Queue[Sequence | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self.accepting = True
+        self.control: queue.Queue[tuple[Any, ...]] = queue.Queue()  # adapter additions and removals
+        self.loras = Loras()
+        self._adapters_open: set[str] = set()  # adapters requests may name (under _lock)
         self.inflight = 0  # jobs accepted and not yet answered (rendering, waiting or generating)
-        self.busy = False
-        self.thread = threading.Thread(target=self._main, name=f"model-{info.key}", daemon=True)
         self.thread.start()
 
     # the LoadedModel interface
 
-    def wait_ready(self) -> None:
-        """Block until the model is loaded and passed its smoke test; raise why it did not."""
-        self.ready.wait()
-        if self.error is not None:
-            raise self.error
-
     def submit(self, job: Job) -> str:
-        """'ok', 'full' (parallel + queue_size requests already in) or 'retired'."""
+        """'ok', 'full' (parallel + queue_size requests already in) or 'retired' (this model, or the
+        job's adapter, stopped accepting)."""
         with self._lock:
-            if not self.accepting:
+            if not self.accepting or (job.adapter is not None and job.adapter not in self._adapters_open):
                 return "retired"
             if self.inflight >= self.parallel + self.queue_size:
                 return "full"
-            self.inflight += 1
+            self._count(job.adapter, 1)
         threading.Thread(target=self._run, args=(job,), name=f"request-{self.info.key}", daemon=True).start()
         return "ok"
 
@@ -95,16 +84,6 @@ class BatchedModel:
         with self._lock:
             self.accepting = False
         self.incoming.put(None)
-
-    def make_room(self, timeout: float = 2.0) -> None:
-        """Once `loading` is set: wait (bounded) until the batch runs with one thread fewer or idles."""
-        deadline = time.monotonic() + timeout
-        while (self.threads > 1 and self.busy and self._threads_now >= self.threads
-               and time.monotonic() < deadline and self.thread.is_alive()):
-            time.sleep(0.005)
-
-    def join(self, timeout: float | None = None) -> None:
-        self.thread.join(timeout)
 
     def enqueue(self, seq: Sequence) -> None:
         self.incoming.put(seq)
@@ -118,7 +97,7 @@ class BatchedModel:
         if self.priority is not None:
             self.metrics.held_back.inc(self.priority.begin())
         try:
-            result = job.call(BatchedLlama(self, job.cancelled))
+            result = job.call(BatchedLlama(self, job.cancelled, adapter=job.adapter))
             if not job.stream:
                 job.send(result)
                 return
@@ -133,7 +112,7 @@ class BatchedModel:
             if self.priority is not None:
                 self.priority.end()
             with self._lock:
-                self.inflight -= 1
+                self._count(job.adapter, -1)
             self.wake()
 
     # the batch thread
@@ -141,7 +120,7 @@ class BatchedModel:
     def _main(self) -> None:
         started = time.monotonic()
         try:
-            self.llm = self._load()
+            self.llm = self._open(n_ctx=OWN_CTX)
             self._ctx = self._context()
             self.load_s = time.monotonic() - started
         except BaseException as exc:  # noqa: BLE001  (reported to whoever waits in wait_ready)
@@ -153,6 +132,7 @@ class BatchedModel:
             self._serve(batch)
         finally:
             llama_cpp.llama_batch_free(batch)
+            self.loras.close()
             self._ctx.close()
             self.llm.close()
             log.debug("%s: closed", self.info.key)
@@ -176,7 +156,7 @@ class BatchedModel:
         with self._lock:
             self.inflight += 1
         try:
-            self.smoke_text = self._check(BatchedLlama(self, threading.Event()))
+            self.smoke_text = smoke_test(BatchedLlama(self, threading.Event()))
         except BaseException as exc:  # noqa: BLE001
             self.error = exc
             self.retire()
@@ -187,19 +167,11 @@ class BatchedModel:
             self.ready.set()
             self.wake()
 
-    def _fail_start(self, exc: BaseException) -> None:
-        self.error = exc
-        self.accepting = False
-        if self.llm is not None:
-            self.llm.close()
-        self.ready.set()
-
     def _serve(self, batch: Any) -> None:
         waiting: deque[Sequence] = deque()
         active: list[Sequence] = []
-        free = list(range(self.parallel - 1, -1, -1))
+        seats = Seats(self._ctx.memory, self.parallel)
         self._handled = threading.Condition()
-        self._cached: list[list[int]] = [[] for _ in range(self.parallel)]  # tokens in each seat's cells
         buf = ctypes.create_string_buffer(256)
         while True:
             self.busy = bool(active)
@@ -211,17 +183,24 @@ class BatchedModel:
                     item = self.incoming.get_nowait()
                 except queue.Empty:
                     break
+            self._adapters(seats, active, waiting)
             for seq in [s for s in active if s.cancelled.is_set()]:
-                self._free(seq, active, free, "cancelled")
+                self._free(seq, active, seats, "cancelled")
             for seq in [s for s in waiting if s.cancelled.is_set()]:
                 waiting.remove(seq)
                 seq.send(("end", "cancelled", 0))
-            while waiting and free:
+            while waiting and seats.free:
                 seq = waiting.popleft()
                 try:
-                    self._seat(seq, free)
+                    if seq.adapter is not None and seq.adapter not in self.loras.loaded:
+                        raise RuntimeError(f"the adapter {seq.adapter} is no longer served")
+                    reused = seats.take(seq)
+                    seq.handled = self._handled
+                    self.metrics.prompt_tokens_reused.inc(reused)
+                    seq.start(self.llm._model, reused)
                 except Exception as exc:  # noqa: BLE001  (a grammar llama.cpp refuses: that request's error)
-                    free.append(seq.seat)
+                    if seq.seat >= 0:
+                        seats.give_back(seq, keep=False)
                     seq.fail(exc)
                     continue
                 active.append(seq)
@@ -235,28 +214,30 @@ class BatchedModel:
                     if not self.accepting and self.inflight == 0 and not waiting:
                         return
                 continue
-            self._step(batch, active, free, buf)
+            self._wait_handled(active)
+            # One decode per adapter in use (the base's own sequences are a group too), in seat order.
+            for adapter in sorted({s.adapter for s in active}, key=lambda k: (k is not None, k or "")):
+                self.loras.apply(self._ctx.ctx, adapter)
+                self._step(batch, [s for s in active if s.adapter == adapter], active, seats, buf)
 
-    def _seat(self, seq: Sequence, free: list[int]) -> None:
-        """The free seat whose cells share the longest prefix with the prompt; the rest of its
-        cells are dropped. The last prompt token is always decoded again (its logits are needed)."""
-        seat = max(free, key=lambda s: (_common(self._cached[s], seq.prompt), -s))  # ties: the lowest seat
-        free.remove(seat)
-        seq.handled = self._handled
-        reused = min(_common(self._cached[seat], seq.prompt), len(seq.prompt) - 1)
-        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seat, reused, -1)
-        self._cached[seat] = []
-        self.metrics.prompt_tokens_reused.inc(reused)
-        seq.start(self.llm._model, seat, reused)
+    def _wait_handled(self, active: list[Sequence]) -> None:
+        """Wait (bounded) until the request threads have handled the last step's tokens: Python work
+        running beside a decode takes a core from one of llama.cpp's threads, and the other then waits
+        at every operation's barrier. In-process (8 sequences, 2 threads, no HTTP) it measured within
+        noise of not waiting (213 vs 203 tokens/s); kept so a step never races its consumers."""
+        with self._handled:
+            self._handled.wait_for(lambda: all(s.pending <= 0 or s.cancelled.is_set() for s in active),
+                                   timeout=HANDLED_WAIT_S)
 
-    def _step(self, batch: Any, active: list[Sequence], free: list[int], buf: Any) -> None:
-        """One decode: a token of every generating sequence, then prompt tokens up to N_BATCH.
+    def _step(self, batch: Any, group: list[Sequence], active: list[Sequence], seats: Seats, buf: Any) -> None:
+        """One decode of `group` (sequences of one adapter): a token of every generating sequence,
+        then prompt tokens up to N_BATCH.
 
         In seat order: with a KV stream per sequence, llama.cpp puts in one micro-batch only
         sequences whose ids follow each other in the batch (llama_batch_allocr::split_equal,
         sequential); 8 sequences in admission order were decoded one micro-batch each, measured
         here at 103 ms a step instead of 24 (the weights read 8 times)."""
-        ordered = sorted(active, key=lambda s: s.seat)
+        ordered = sorted(group, key=lambda s: s.seat)
         outputs: list[tuple[Sequence, int]] = []
         fed: list[tuple[Sequence, list[int]]] = []
         n = 0
@@ -276,22 +257,17 @@ class BatchedModel:
                         outputs.append((seq, n))
                     n += 1
                 fed.append((seq, chunk))
+        if n == 0:
+            return
         batch.n_tokens = n
         self._fit_threads()
-        # Wait (bounded) until the request threads have handled the last step's tokens: Python work
-        # running beside a decode takes a core from one of llama.cpp's threads, and the other then
-        # waits at every operation's barrier. In-process (8 sequences, 2 threads, no HTTP) it measured
-        # within noise of not waiting (213 vs 203 tokens/s); kept so a step never races its consumers.
-        with self._handled:
-            self._handled.wait_for(lambda: all(s.pending <= 0 or s.cancelled.is_set() for s in active),
-                                   timeout=HANDLED_WAIT_S)
         with self.compute:
             rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
         if rc != 0:
             error = RuntimeError(f"llama_decode failed ({rc})")
-            for seq in list(active):
+            for seq in ordered:
                 seq.fail(error)
-                self._free(seq, active, free, None)
+                self._free(seq, active, seats, None)
             return
         for seq, tokens in fed:
             seq.n_past += len(tokens)
@@ -301,17 +277,13 @@ class BatchedModel:
         for seq, index in outputs:
             token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx.ctx, index)
             if seq.accept(token, self.llm._model, buf):
-                self._free(seq, active, free, None, keep=True)
+                self._free(seq, active, seats, None, keep=True)
 
-    def _free(self, seq: Sequence, active: list[Sequence], free: list[int], reason: str | None,
+    def _free(self, seq: Sequence, active: list[Sequence], seats: Seats, reason: str | None,
               keep: bool = False) -> None:
         """The seat back to the free ones; `keep`: its cells stay for a later prompt with the same prefix."""
-        if keep:
-            self._cached[seq.seat] = seq.tokens
-        else:
-            llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.seat, -1, -1)
+        seats.give_back(seq, keep)
         seq.release()
-        free.append(seq.seat)
         active.remove(seq)
         if reason is not None:
             seq.send(("end", reason, seq.generated))
@@ -325,15 +297,6 @@ class BatchedModel:
         if wanted != self._threads_now:
             llama_cpp.llama_set_n_threads(self._ctx.ctx, wanted, wanted)
             self._threads_now = wanted
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _add(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:

@@ -1,23 +1,26 @@
 """How the inference server opens a model: serial (`LoadedModel`) or batched (`BatchedModel`) by
-`APPLIANCE_INFERENCE_PARALLEL`, with its smoke test, thread count and memory estimate.
+`APPLIANCE_INFERENCE_PARALLEL`, its thread count and memory estimate; and for a LoRA adapter
+deployment, batched, an `AdapterView` on the one loaded copy of its base GGUF that every adapter of
+that base shares (loaded when the first adapter needs it, retired when the last one is).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from typing import Any
+from collections.abc import Iterable
 
+from appliance.inference.adapters import AdapterView
 from appliance.inference.batching import BatchedModel
-from appliance.inference.engine import LoadedModel, ModelInfo
+from appliance.inference.engine import LoadedModel, LoadSpec, ModelInfo
 from appliance.inference.metrics import Metrics
 from appliance.serving import KioskPriority
 from appliance.settings import Settings
 
-SMOKE_MESSAGES = [{"role": "user", "content": "Say hello."}]
-OWN_CTX = 64  # tokens of a batched model's own Llama context (it renders and tokenizes; the batch decodes)
 MB = 1024 * 1024
-Served = LoadedModel | BatchedModel
+Served = LoadedModel | BatchedModel | AdapterView
+log = logging.getLogger("appliance.inference")
 
 
 class ModelFactory:
@@ -29,31 +32,50 @@ class ModelFactory:
         self.compute = threading.Lock()
         self.loading = threading.Event()
         self._parallel_auto: int | None = None
-
-    def load(self, info: ModelInfo, n_ctx: int | None = None) -> Any:
-        from appliance.inference.llm import open_served
-
-        return open_served(info.path, n_ctx=n_ctx or self.settings.inference_ctx, threads=self.threads,
-                           gpu_layers=self.settings.inference_gpu_layers)
-
-    @staticmethod
-    def smoke(llm: Any) -> str:
-        # Short on purpose: it runs beside the model being replaced.
-        out = llm.create_chat_completion(messages=SMOKE_MESSAGES, max_tokens=4, temperature=0.0, seed=0)
-        if out["usage"]["completion_tokens"] < 1:
-            raise RuntimeError("the smoke test produced no token")
-        return str(out["choices"][0]["message"]["content"] or "")
+        self.bases: dict[str, BatchedModel] = {}  # base GGUF path -> the model its adapters share
+        self.views: dict[str, set[AdapterView]] = {}
+        self._lock = threading.Lock()
 
     def open(self, info: ModelInfo, available_mb: float) -> Served:
-        """Starts loading on the model's own thread; `wait_ready()` on the result."""
+        """Starts loading on the model's own thread (an adapter: on its base's); `wait_ready()` on the result."""
         s = self.settings
         parallel = self.parallel(available_mb)
-        if parallel == 1:  # the serial way: one request at a time, the others queue
-            return LoadedModel(info, lambda: self.load(info), self.smoke, s.inference_queue, self.metrics,
-                               self.compute, self.loading, self.threads, self.priority)
-        return BatchedModel(info, lambda: self.load(info, n_ctx=OWN_CTX), self.smoke, s.inference_queue,
-                            self.metrics, self.compute, self.loading, self.threads, self.priority,
-                            parallel=parallel, ctx=s.inference_ctx)
+        spec = LoadSpec(n_ctx=s.inference_ctx, threads=self.threads, gpu_layers=s.inference_gpu_layers)
+        if parallel == 1:  # the serial way: one request at a time, the others queue (an adapter: loaded with it)
+            return LoadedModel(info, spec, s.inference_queue, self.metrics, self.compute, self.loading, self.priority)
+        if info.lora is None:
+            return BatchedModel(info, spec, s.inference_queue, self.metrics, self.compute, self.loading,
+                                self.priority, parallel=parallel)
+        key = str(info.path)
+        with self._lock:
+            base = self.bases.get(key)
+            if base is None or not base.accepting:
+                size = info.path.stat().st_size if info.path.is_file() else 0
+                base_info = ModelInfo(key=f"adapter-base:{info.path.name}", name=info.path.name.removesuffix(".gguf"),
+                                      path=info.path, size=size)
+                base = BatchedModel(base_info, spec, s.inference_queue, self.metrics, self.compute, self.loading,
+                                    self.priority, parallel=parallel)
+                self.bases[key], self.views[key] = base, set()
+            view = AdapterView(base, info, self._released)
+            self.views[key].add(view)
+        return view
+
+    def _released(self, view: AdapterView) -> None:
+        """An adapter was freed: its base is retired when no deployment uses it any more."""
+        key = str(view.info.path)
+        with self._lock:
+            views = self.views.get(key, set())
+            views.discard(view)
+            base = self.bases.get(key)
+            if base is not view.base or views:
+                return
+            del self.bases[key], self.views[key]
+        log.info("no adapter uses %s any more: unloading it", view.info.path.name)
+        base.retire()
+
+    def base_loaded(self, info: ModelInfo) -> bool:
+        base = self.bases.get(str(info.path))
+        return base is not None and base.accepting and base.error is None
 
     def parallel(self, available_mb: float) -> int:
         """Sequences decoded together: the setting, or (0) what memory allows, between 4 and 8;
@@ -70,8 +92,20 @@ class ModelFactory:
 
     def needed_mb(self, info: ModelInfo, available_mb: float) -> float:
         """Weights (mapped) plus every sequence's KV cache: a rough upper bound, enough to pick the
-        swap strategy."""
-        return info.size / MB * 1.1 + 32 + self.kv_mb(self.parallel(available_mb))
+        swap strategy. An adapter whose base is loaded needs only itself."""
+        if info.lora is not None and self.base_loaded(info):
+            return info.size / MB * 1.1 + 8
+        base = info.path.stat().st_size if info.lora is not None and info.path.is_file() else 0
+        return (info.size + base) / MB * 1.1 + 32 + self.kv_mb(self.parallel(available_mb))
+
+    @staticmethod
+    def resident_mb(served: Iterable[Served]) -> float:
+        """What the served models keep loaded, each file counted once (a shared base once for all
+        its adapters)."""
+        files: dict[str, int] = {}
+        for model in served:
+            files.update(model.resident())
+        return sum(files.values()) / MB
 
     @property
     def threads(self) -> int:

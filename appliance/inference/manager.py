@@ -18,11 +18,12 @@ from appliance.bootstrap import Runtime
 from appliance.db.tables import Deployment
 from appliance.errors import NotFoundError
 from appliance.inference.engine import Job, ModelInfo
-from appliance.inference.factory import MB, ModelFactory, Served
+from appliance.inference.factory import ModelFactory, Served
 from appliance.inference.loading import LoadingMarker
 from appliance.inference.metrics import Metrics
 from appliance.jobs import deployments
 from appliance.models.registry import BUNDLED_ID
+from appliance.models.served import served_file
 from appliance.serving import KioskPriority
 
 log = logging.getLogger("appliance.inference")
@@ -68,7 +69,7 @@ class Inference:
 
     def available_mb(self) -> float:
         if self.settings.inference_memory_mb:
-            return self.settings.inference_memory_mb - sum(m.info.size for m in self.served.values()) / MB
+            return self.settings.inference_memory_mb - self.models.resident_mb(list(self.served.values()))
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
@@ -85,6 +86,12 @@ class Inference:
             models = list(self.served.values())
         self.metrics.active.replace_all([{"model": m.info.name, "deployment": m.info.deployment_id or "",
                                           "artifact": m.info.artifact_id or ""} for m in models])
+        files: dict[str, int] = {}
+        for m in models:
+            files.update(m.resident())
+        adapters = sum("@" in f for f in files)
+        self.metrics.loaded.set(len(files) - adapters, kind="model")
+        self.metrics.loaded.set(adapters, kind="adapter")
 
     # reconciling
 
@@ -92,15 +99,14 @@ class Inference:
         with Session(self.rt.engine) as session:
             if dep is None:
                 try:
-                    path, name = deployments.model_file(session, self.rt.paths, artifact_id=None,
-                                                        base_model_id=BUNDLED_ID)
+                    served = served_file(session, self.rt.paths, artifact_id=None, base_model_id=BUNDLED_ID)
                 except Exception:  # noqa: BLE001  (no bundled model: nothing to serve until a deployment)
                     return None
-                return ModelInfo(key=f"base:{BUNDLED_ID}", name=name, path=path, size=_size(path))
-            path, name = deployments.model_file(session, self.rt.paths, artifact_id=dep.artifact_id,
-                                                base_model_id=dep.base_model_id)
-            return ModelInfo(key=dep.id, name=dep.name or name, path=path, size=_size(path), deployment_id=dep.id,
-                             artifact_id=dep.artifact_id)
+                return ModelInfo(key=f"base:{BUNDLED_ID}", name=served.name, path=served.path, size=_size(served.path))
+            served = served_file(session, self.rt.paths, artifact_id=dep.artifact_id, base_model_id=dep.base_model_id)
+            return ModelInfo(key=dep.id, name=dep.name or served.name, path=served.path,
+                             size=_size(served.lora or served.path), deployment_id=dep.id,
+                             artifact_id=dep.artifact_id, lora=served.lora)
 
     def reconcile_once(self) -> str | None:
         """Every channel to its target; a named channel with none left (all failed) stops being served."""

@@ -85,6 +85,8 @@ class Metrics:
         self.tokens_per_s = Gauge("appliance_inference_tokens_per_second", "Generation speed of the last request")
         self.ttft = Summary("appliance_inference_time_to_first_token_seconds", "Time to first token")
         self.active = Gauge("appliance_inference_active_model", "The model being served (value 1)")
+        self.loaded = Gauge("appliance_inference_loaded_files", "GGUF files loaded for the served deployments, by "
+                            "kind: model (a shared base counted once) or adapter")
         self.swaps = Counter("appliance_inference_swaps_total", "Model swaps by strategy and result")
         self.held_back = Counter("appliance_inference_held_back_seconds_total",
                                  "Seconds requests were held back so training keeps its minimum share")
@@ -99,7 +101,7 @@ class Metrics:
     def render(self) -> str:
         out: list[str] = []
         for m in (self.requests, self.errors, self.queue_depth, self.tokens, self.generation_seconds,
-                  self.tokens_per_s, self.ttft, self.active, self.swaps, self.held_back, self.swap_gap,
+                  self.tokens_per_s, self.ttft, self.active, self.loaded, self.swaps, self.held_back, self.swap_gap,
                   self.sequences, self.sequences_peak, self.prompt_tokens_reused):
             out += m.render()
         return "\n".join(out) + "\n"

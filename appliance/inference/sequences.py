@@ -113,6 +113,7 @@ class Sequence:
     sampling: Sampling
     stops: list[str]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    adapter: str | None = None  # the LoRA adapter it is decoded with (its key on the model), None: the base
     events: queue.Queue[tuple[Any, ...]] = field(default_factory=queue.Queue)
     # Events sent and not yet handled by the request's thread (the batch waits for them: see batching.py).
     pending: int = 0
@@ -131,9 +132,9 @@ class Sequence:
     def prefilling(self) -> bool:
         return self.fed < len(self.prompt)
 
-    def start(self, model: Any, seat: int, reused: int = 0) -> None:
-        """Seated at `seat`, whose KV cells already hold the first `reused` prompt tokens."""
-        self.seat, self.n_past, self.fed = seat, reused, reused
+    def start(self, model: Any, reused: int = 0) -> None:
+        """Seated (`seat` set), its seat's KV cells already holding the first `reused` prompt tokens."""
+        self.n_past, self.fed = reused, reused
         self.tokens = self.prompt[:reused]
         self.sampler = self.sampling.chain(model)
         self.text = TextOut(self.stops)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -22,11 +21,12 @@ from sqlmodel import Session, col, select
 
 from appliance.db import events
 from appliance.db.engine import write_session
-from appliance.db.status import ArtifactStatus, DeploymentStatus, transition
-from appliance.db.tables import Artifact, Deployment, ModelRecord
+from appliance.db.status import DeploymentStatus, transition
+from appliance.db.tables import Deployment
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
+from appliance.models.served import served_file
 from appliance.paths import Paths
 
 DEFAULT_ALIASES = ("default", "any")  # `model` values that mean the site's default (README examples say "any")
@@ -59,28 +59,6 @@ def list_deployments(session: Session) -> list[Deployment]:
     return list(session.exec(select(Deployment).order_by(col(Deployment.created_at).desc(), col(Deployment.id))))
 
 
-def model_file(
-    session: Session, paths: Paths, *, artifact_id: str | None, base_model_id: str | None
-) -> tuple[Path, str]:
-    """(GGUF path, model name kiosks see) for what a deployment serves."""
-    if artifact_id is not None:
-        art = session.get(Artifact, artifact_id)
-        if art is None:
-            raise NotFoundError(f"no artifact with id {artifact_id!r}")
-        if art.kind != "gguf":
-            raise _bad("artifact_id", f"artifact {artifact_id} is a {art.kind}; only a GGUF model can be deployed")
-        if art.status != ArtifactStatus.ready or art.path is None:
-            raise _bad("artifact_id", f"artifact {artifact_id} is {art.status}; only a ready artifact can be deployed")
-        path = paths.resolve(art.path)
-        return path, path.name.removesuffix(".gguf")
-    model = session.get(ModelRecord, base_model_id)
-    if model is None:
-        raise NotFoundError(f"no base model with id {base_model_id!r}")
-    if model.gguf_path is None:
-        raise _bad("base_model_id", f"model {model.id} has no GGUF file; export it first")
-    return paths.resolve(model.gguf_path), model.id
-
-
 def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None = None,
                        base_model_id: str | None = None, reason: str = "requested",
                        status: DeploymentStatus = DeploymentStatus.pending, gate_json: str | None = None,
@@ -92,9 +70,10 @@ def request_deployment(*, engine: Engine, paths: Paths, artifact_id: str | None 
     if (artifact_id is None) == (base_model_id is None):
         raise _bad("artifact_id", "give exactly one of artifact_id or base_model_id")
     with write_session(engine) as session:
-        path, name = model_file(session, paths, artifact_id=artifact_id, base_model_id=base_model_id)
-        if not path.is_file():
-            raise _bad("artifact_id", f"the model file {path.name} is missing from the data directory")
+        served = served_file(session, paths, artifact_id=artifact_id, base_model_id=base_model_id)
+        name = served.name
+        if (missing := served.missing()) is not None:
+            raise _bad("artifact_id", f"the model file {missing.name} is missing from the data directory")
         dep = Deployment(id=f"dep_{uuid.uuid4().hex[:12]}", artifact_id=artifact_id, base_model_id=base_model_id,
                          name=channel or name, channel=channel, status=str(status), gate_json=gate_json,
                          forced_by=forced_by)
@@ -141,6 +120,39 @@ def rollback(*, engine: Engine, paths: Paths, channel: str | None = None) -> Dep
                               base_model_id=previous.base_model_id if previous.artifact_id is None else None,
                               reason=f"rollback from {active.id if active else '-'} to {previous.id}'s model",
                               channel=channel)
+
+
+def undeploy(*, engine: Engine, channel: str, who: str) -> Deployment:
+    """Stop serving the named deployment `channel`: its active deployment is retired (and one still
+    pending fails, never to be loaded); the inference server stops serving the name within a second,
+    requests in flight on it ending first. Returns the retired (or failed) deployment.
+
+    Raises NotFoundError (404) when nothing is served or pending under the name, ConflictError (409)
+    for the site's default deployment (deploy another or roll back instead) or while a deployment of
+    the name is gating."""
+    if not channel or channel in DEFAULT_ALIASES:
+        raise ConflictError("the site's default deployment cannot be removed: deploy another model or roll back")
+    with write_session(engine) as session:
+        mine = list(session.exec(select(Deployment).where(_on(channel)).where(
+            col(Deployment.status).in_([DeploymentStatus.gating, DeploymentStatus.pending, DeploymentStatus.active]))
+            .order_by(col(Deployment.created_at).desc())))
+        gating = [d for d in mine if d.status == DeploymentStatus.gating]
+        if gating:
+            raise ConflictError(f"deployment {gating[0].id} of {channel!r} is gating; remove the name once it is "
+                                "active or has failed")
+        if not mine:
+            raise NotFoundError(f"no deployment named {channel!r} is served")
+        for dep in mine:
+            if dep.status == DeploymentStatus.active:
+                dep.retired_at = _now()
+                _move(session, dep, DeploymentStatus.retired, f"undeployed by {who}")
+            else:
+                dep.error = f"undeployed by {who} before it was loaded"
+                _move(session, dep, DeploymentStatus.failed, dep.error)
+        session.flush()
+        for dep in mine:
+            session.expunge(dep)
+        return mine[0]
 
 
 def _on(channel: str | None) -> Any:

@@ -26,8 +26,8 @@ from appliance.db.tables import Dataset, Evaluation
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
-from appliance.jobs.deployments import model_file
 from appliance.jobs.queue import Beat, JobQueue
+from appliance.models.served import served_file
 from appliance.paths import Paths
 
 
@@ -82,9 +82,10 @@ def request_evaluation(*, engine: Engine, paths: Paths, dataset_id: str, artifac
     with write_session(engine) as session:
         if session.get(Dataset, dataset_id) is None:
             raise NotFoundError(f"no dataset with id {dataset_id!r}")
-        path, name = model_file(session, paths, artifact_id=artifact_id, base_model_id=base_model_id)
-        if not path.is_file():
-            raise _bad("artifact_id", f"the model file {path.name} is missing from the data directory")
+        served = served_file(session, paths, artifact_id=artifact_id, base_model_id=base_model_id)
+        name = served.name
+        if (missing := served.missing()) is not None:
+            raise _bad("artifact_id", f"the model file {missing.name} is missing from the data directory")
         existing = find(session, artifact_id=artifact_id, base_model_id=base_model_id, dataset_id=dataset_id)
         if existing is not None:
             session.expunge(existing)
@@ -148,8 +149,9 @@ def delete_evaluation(*, engine: Engine, paths: Paths, evaluation_id: str) -> No
 
 def spec_values(session: Session, paths: Paths, ev: Evaluation) -> dict[str, Any]:
     """What the evaluation child needs, looked up now: the model file, its name, the dataset file."""
-    path, name = model_file(session, paths, artifact_id=ev.artifact_id, base_model_id=ev.base_model_id)
+    served = served_file(session, paths, artifact_id=ev.artifact_id, base_model_id=ev.base_model_id)
     dataset = session.get(Dataset, ev.dataset_id)
     if dataset is None:
         raise NotFoundError(f"no dataset with id {ev.dataset_id!r}")
-    return {"model_path": path, "model_name": name, "dataset_path": paths.resolve(dataset.path)}
+    return {"model_path": served.path, "lora_path": served.lora, "model_name": served.name,
+            "dataset_path": paths.resolve(dataset.path)}

@@ -30,6 +30,7 @@ from appliance.jobs.common import bad_request as _bad
 from appliance.jobs.common import now as _now
 from appliance.jobs.queue import Beat, JobQueue
 from appliance.models.inspect import read_chat_template
+from appliance.models.served import adapter_base
 from appliance.paths import Paths
 
 KINDS = ("adapter", "merged", "gguf", "gguf-adapter")
@@ -79,10 +80,14 @@ def list_artifacts(session: Session, *, kind: str | None = None, run_id: str | N
 
 def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, base_model_id: str | None = None,
                    out_type: str | None = None, kind: str = "gguf", adapter_id: str | None = None,
-                   ) -> tuple[Artifact, bool]:
+                   base_artifact_id: str | None = None) -> tuple[Artifact, bool]:
     """Queue an export of a run, a base model, or an adapter artifact (`adapter_id`: one imported with
-    `appliance models import-adapter`, or a run's). Returns (artifact, created): the same export already
-    pending, running or ready is returned instead of being made twice."""
+    `appliance models import-adapter`, or a run's). A GGUF adapter is served on a base GGUF fixed
+    now (appliance/models/served.py adapter_base; `base_artifact_id` names one). Returns (artifact,
+    created): the same export already pending, running or ready is returned instead of being made twice."""
+    if base_artifact_id is not None and kind != "gguf-adapter":
+        raise _bad("base_artifact_id", "base_artifact_id is the base GGUF a GGUF adapter is served on: only with "
+                   "kind gguf-adapter")
     imported: Artifact | None = None
     if adapter_id is not None:
         if run_id is not None or base_model_id is not None:
@@ -163,12 +168,17 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
         spec = {"adapter_dir": str(adapter_dir) if adapter_dir else None}
         if imported is not None:  # an imported adapter's export: told apart from the base's by its spec
             spec.update(adapter_id=imported.id, chat_template=template[1])
+        if kind == "gguf-adapter":
+            assert base_model_id is not None
+            spec.update(adapter_base(session, base_model_id, base_artifact_id))
         for same in session.exec(
             select(Artifact).where(Artifact.kind == kind, Artifact.type == out_type, Artifact.run_id == run_id,
                                    Artifact.base_model_id == base_model_id,
                                    col(Artifact.status).in_(["pending", "running", "ready"]))
         ):
-            if run_id is not None or json.loads(same.spec_json or "{}").get("adapter_id") == spec.get("adapter_id"):
+            earlier = json.loads(same.spec_json or "{}")
+            if ((run_id is not None or earlier.get("adapter_id") == spec.get("adapter_id"))
+                    and earlier.get("serve_base") == spec.get("serve_base")):
                 return same, False
         art = Artifact(id=f"art_{uuid.uuid4().hex[:12]}", kind=kind, type=out_type, status="pending", run_id=run_id,
                        base_model_id=base_model_id, name=name, progress=0.0, stage="queued",

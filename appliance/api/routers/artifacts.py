@@ -26,6 +26,9 @@ class ExportRequest(BaseModel):
     kind: str = Field("gguf", description="gguf (a whole model) or gguf-adapter (the LoRA alone, for lora_path)")
     adapter_id: str | None = Field(None, description="Or export an adapter artifact (one imported with "
                                                      "POST /api/models/{id}/adapters), merged into its base")
+    base_artifact_id: str | None = Field(None, description="kind gguf-adapter: the base GGUF (an export of the base "
+                                         "model itself) the adapter is served and evaluated on; default: the newest "
+                                         "f32/f16/bf16 export of the base model, else its own GGUF")
 
 
 @router.post("/export", response_model=ArtifactPublic, status_code=status.HTTP_202_ACCEPTED,
@@ -36,7 +39,7 @@ class ExportRequest(BaseModel):
 def export(body: ExportRequest, runtime: RuntimeDep) -> ArtifactPublic:
     art, _created = exports.request_export(engine=runtime.engine, paths=runtime.paths, run_id=body.run_id,
                                            base_model_id=body.base_model_id, out_type=body.type, kind=body.kind,
-                                           adapter_id=body.adapter_id)
+                                           adapter_id=body.adapter_id, base_artifact_id=body.base_artifact_id)
     with Session(runtime.engine) as session:
         return _public(runtime, [exports.get_artifact(session, art.id)])[0]
 

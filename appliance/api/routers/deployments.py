@@ -15,7 +15,8 @@ router = APIRouter(prefix="/api/deployments", tags=["deployments"], dependencies
 
 
 class DeployRequest(BaseModel):
-    artifact_id: str | None = Field(None, description="A ready GGUF artifact")
+    artifact_id: str | None = Field(None, description="A ready GGUF artifact, or GGUF adapter (served on its base "
+                                    "GGUF, which every adapter of that base shares)")
     base_model_id: str | None = Field(None, description="Or a base model's own GGUF (e.g. the bundled model)")
     name: str | None = Field(None, description="Serve it under this name, beside the site's default: kiosks ask "
                              "for it with `model` (a new deployment with the same name replaces it); none: "
@@ -58,6 +59,18 @@ def list_(session: SessionDep) -> list[DeploymentPublic]:
 def rollback(runtime: RuntimeDep, name: str | None = None) -> DeploymentPublic:
     """`name`: roll back that named deployment; none: the site's default."""
     return DeploymentPublic.of(deployments.rollback(engine=runtime.engine, paths=runtime.paths, channel=name))
+
+
+@router.post("/undeploy", response_model=DeploymentPublic,
+             summary="Stop serving a named deployment (kiosks asking for the name then get 404)",
+             responses=responses(notes={404: "Nothing is served under that name",
+                                        409: "The site's default deployment (deploy another or roll back), or a "
+                                             "deployment of the name is still gating"}))
+def undeploy(name: str, runtime: RuntimeDep, request: Request) -> DeploymentPublic:
+    """The name's active deployment is retired; requests in flight on it end first. With LoRA adapter
+    deployments, the adapter is unloaded and the shared base stays for the others."""
+    who = f"admin token from {request.client.host if request.client else 'unknown'}"
+    return DeploymentPublic.of(deployments.undeploy(engine=runtime.engine, channel=name, who=who))
 
 
 @router.get("/{deployment_id}", response_model=DeploymentPublic, summary="One deployment",
