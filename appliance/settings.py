@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     eval_max_tokens: int = Field(
         128, ge=1, le=4096, description="Evaluations: most tokens generated per eval question (greedy).",
     )
+    eval_parallel: int = Field(
+        4, ge=1, le=64, description="Evaluations: questions answered together on the kiosk server's continuous "
+        "batching (greedy answers are the same as one at a time; 100 questions took 93 s one at a time, see the "
+        "README's evaluation speed). 1 = one at a time.",
+    )
     eval_retention_probe: bool = Field(
         True, description="Evaluations also ask the shipped general-knowledge probe (~50 questions, English and "
         "Chinese) so a fine-tune that forgets ordinary answers is seen (the retention metric).",
