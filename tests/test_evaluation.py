@@ -33,6 +33,7 @@ from appliance.evaluation import (
     verdict,
 )
 from appliance.evaluation.model import EvalModel
+from appliance.inference.protocol import ContextLengthExceeded
 from appliance.models.registry import bundled_gguf
 from tests.conftest import FAQ
 
@@ -218,6 +219,15 @@ def test_a_chat_template_override_renders_the_prompts(gguf: Path, evaluated: Eva
     assert question.prompt_tokens < default.questions[0].prompt_tokens  # no default system prompt
     messages = [{"role": "user", "content": ROWS[0].question}]
     assert abs(question.nll - independent_nll(gguf, messages, ROWS[0].reference, BARE_CHATML)) < 1e-4
+
+
+def test_a_question_that_does_not_fit_fails_the_evaluation_and_reports_nothing_after(gguf: Path) -> None:
+    reported: list[int] = []
+    long = EvalRow.of("long", "Where is the pharmacy? " * 200, "On floor 1.")
+    with pytest.raises(ContextLengthExceeded):
+        evaluate(gguf, [*ROWS, long], retention=False, max_tokens=64, n_ctx=512, threads=2, parallel=2,
+                 progress=lambda r, done, total: reported.append(r.index))
+    assert 3 not in reported  # the questions in flight beside it were cancelled, the engine closed
 
 
 def test_a_killed_evaluation_resumes_without_asking_again(gguf: Path, evaluated: Evaluated) -> None:
