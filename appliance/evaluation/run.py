@@ -4,8 +4,9 @@ aggregates with their intervals.
 Batched: up to `parallel` questions are answered at once on the kiosk server's continuous-batching
 engine (batched.py); each question's reference NLL is then computed on a logits_all Llama of the same
 GGUF (model.py), between two decode steps of the batch (the two share one compute lock, so they never
-run llama.cpp on the same cores at once). Measured (bench/eval_speed.py, README): 100 questions on the
-bundled model took 93 s answered one at a time on a quiet 2-core machine.
+run llama.cpp on the same cores at once). Measured (bench/eval_speed.py, README; bundled model, quiet
+2-core machine): 100 questions took 93 s answered one at a time, 60.4 s four at a time, 62.9 s eight at
+a time (compute-bound: decoding 42 s, the NLL pass 13 s).
 
 Resumable: `evaluate` reports each `QuestionResult` through `progress` as soon as it is scored
 (what the worker job persists), so results arrive in the order answers end, not in index order,
@@ -39,7 +40,7 @@ Progress = Callable[[QuestionResult, int, int], None]  # (result, questions scor
 RETENTION_MAX_TOKENS = 48  # probe answers are a word or a sentence
 EVAL_METRICS = ("nll", "rouge_l", "token_f1", "exact_match")
 LATENCY_METRICS = ("ttft_s", "tokens_per_s")
-DEFAULT_PARALLEL = 8  # questions decoded together (as the kiosk server on this box); 4 vs 8: README, eval speed
+DEFAULT_PARALLEL = 4  # questions decoded together; 8 was no faster on 2 cores (README, evaluation speed)
 
 
 Retention = bool | Sequence[EvalRow]  # True: the shipped probe; False: none; rows: those probe rows
