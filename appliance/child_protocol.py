@@ -80,6 +80,7 @@ class EvalSpec(_Strict):
     dataset_path: Path = Field(description="Normalized dataset, one {'messages': [...]} object per line")
     out_dir: Path
     max_tokens: int = Field(128, ge=1, description="Most tokens generated per eval question")
+    parallel: int = Field(4, ge=1, description="Questions answered together (continuous batching)")
     retention: bool = Field(True, description="Also ask the shipped general-knowledge probe")
     serving: ServingSpec | None = None
 

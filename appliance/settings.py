@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     eval_max_tokens: int = Field(
         128, ge=1, le=4096, description="Evaluations: most tokens generated per eval question (greedy).",
     )
+    eval_parallel: int = Field(
+        4, ge=1, le=64, description="Evaluations: questions answered together on the kiosk server's continuous "
+        "batching (the answers do not depend on it, only the time; 8 was no faster than 4 on 2 cores; the KV "
+        "cache holds this many times 4096 tokens, ~0.4 GB for the bundled 135M model at 4). 1 = one at a time.",
+    )
     eval_retention_probe: bool = Field(
         True, description="Evaluations also ask the shipped general-knowledge probe (~50 questions, English and "
         "Chinese) so a fine-tune that forgets ordinary answers is seen (the retention metric).",

@@ -33,6 +33,7 @@ from appliance.evaluation import (
     verdict,
 )
 from appliance.evaluation.model import EvalModel
+from appliance.inference.protocol import ContextLengthExceeded
 from appliance.models.registry import bundled_gguf
 from tests.conftest import FAQ
 
@@ -46,15 +47,16 @@ def gguf() -> Path:
     return path
 
 
-def independent_nll(path: Path, messages: list[dict[str, str]], reference: str) -> float:
-    """From scratch: the GGUF's template rendered by llama-cpp-python's Jinja formatter, prompt +
+def independent_nll(path: Path, messages: list[dict[str, str]], reference: str, template: str | None = None) -> float:
+    """From scratch: the GGUF's template (or `template`) rendered by llama-cpp-python's Jinja formatter, prompt +
     reference + '<|im_end|>' tokenized as one text, evaluated in one pass with logits_all, and
     log-probabilities from llama-cpp-python's own Llama.logits_to_logprobs."""
     llm = Llama(model_path=str(path), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
     try:
         eos = llm._model.token_get_text(llm.token_eos())
         assert eos == "<|im_end|>"
-        fmt = llama_chat_format.Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=eos,
+        fmt = llama_chat_format.Jinja2ChatFormatter(template=template or llm.metadata["tokenizer.chat_template"],
+                                                    eos_token=eos,
                                                     bos_token=llm._model.token_get_text(llm.token_bos()))
         prompt = fmt(messages=messages).prompt
         n_prompt = len(llm.tokenize(prompt.encode(), add_bos=False, special=True))
@@ -185,7 +187,9 @@ Evaluated = tuple[EvaluationResult, list[QuestionResult]]
 
 def test_evaluate_reports_each_question_and_aggregates(evaluated: Evaluated) -> None:
     result, reported = evaluated
-    assert [q.index for q in reported] == [0, 1, 2, 3, 4] and reported == result.questions
+    # Reported as each answer ends (several are decoded together), each question once.
+    assert sorted(reported, key=lambda q: q.index) == result.questions
+    assert [q.index for q in result.questions] == [0, 1, 2, 3, 4]
     assert [q.set for q in result.questions] == [RowSet.EVAL] * 3 + [RowSet.RETENTION] * 2
     assert result.eval_set == fingerprint(ROWS)
     m = result.metrics
@@ -195,17 +199,50 @@ def test_evaluate_reports_each_question_and_aggregates(evaluated: Evaluated) -> 
     assert all(q.answer_tokens > 0 and q.nll > 0 and q.finish_reason == "length" for q in result.questions)
 
 
+def test_an_evaluations_nll_equals_an_independent_llama_cpp_computation(gguf: Path, evaluated: Evaluated) -> None:
+    # Answered on the batched engine, scored on a logits_all Llama: the prompt scored is the one the batch answered.
+    result, _ = evaluated
+    for question, row in zip(result.questions[:2], ROWS, strict=False):
+        messages = [{"role": m.role, "content": m.content} for m in row.messages]
+        assert abs(question.nll - independent_nll(gguf, messages, row.reference)) < 1e-4
+
+
+# ChatML without the GGUF template's default system prompt.
+BARE_CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+               "<|im_start|>assistant\n")
+
+
+def test_a_chat_template_override_renders_the_prompts(gguf: Path, evaluated: Evaluated) -> None:
+    default, _ = evaluated
+    result = evaluate(gguf, ROWS[:1], chat_template=BARE_CHATML, retention=False, max_tokens=4, n_ctx=512, threads=2)
+    (question,) = result.questions
+    assert question.prompt_tokens < default.questions[0].prompt_tokens  # no default system prompt
+    messages = [{"role": "user", "content": ROWS[0].question}]
+    assert abs(question.nll - independent_nll(gguf, messages, ROWS[0].reference, BARE_CHATML)) < 1e-4
+
+
+def test_a_question_that_does_not_fit_fails_the_evaluation_and_reports_nothing_after(gguf: Path) -> None:
+    reported: list[int] = []
+    long = EvalRow.of("long", "Where is the pharmacy? " * 200, "On floor 1.")
+    with pytest.raises(ContextLengthExceeded):
+        evaluate(gguf, [*ROWS, long], retention=False, max_tokens=64, n_ctx=512, threads=2, parallel=2,
+                 progress=lambda r, done, total: reported.append(r.index))
+    assert 3 not in reported  # the questions in flight beside it were cancelled, the engine closed
+
+
 def test_a_killed_evaluation_resumes_without_asking_again(gguf: Path, evaluated: Evaluated) -> None:
     full, reported = evaluated
     asked: list[int] = []
+    scored = []
     resumed = evaluate(gguf, ROWS, retention=load_probe()[:1] + load_probe(("zh",))[:1], max_tokens=8,
                        retention_max_tokens=8, n_ctx=512, threads=2, done=reported[:3],
-                       progress=lambda r, done, total: asked.append(r.index))
-    assert asked == [3, 4]
+                       progress=lambda r, done, total: (asked.append(r.index), scored.append(done)))
+    # The first three reported (in the order their answers ended, not necessarily 0, 1, 2) are not asked again.
+    assert sorted(asked) == sorted({0, 1, 2, 3, 4} - {q.index for q in reported[:3]}) and scored == [4, 5]
     assert [q.answer for q in resumed.questions] == [q.answer for q in full.questions]  # greedy: the same
     assert [q.nll for q in resumed.questions] == pytest.approx([q.nll for q in full.questions], abs=1e-4)
     with pytest.raises(ValueError, match="not a question of this eval set"):
-        evaluate(gguf, list(reversed(ROWS)), retention=False, done=reported[:1])
+        evaluate(gguf, list(reversed(ROWS)), retention=False, done=full.questions[:1])
 
 
 def test_json_and_csv_round_trip(evaluated: Evaluated) -> None:

@@ -2,7 +2,9 @@
 
 Reads the eval rows from the normalized dataset (each row: its conversation up to the last assistant
 turn is the prompt, that turn's text the reference), skips the questions an earlier attempt scored
-(`questions.jsonl` in out_dir: one QuestionResult per line, appended and fsynced as each is scored),
+(`questions.jsonl` in out_dir: one QuestionResult per line, appended and fsynced as each is scored, in
+the order answers end, which with several questions decoded together is not index order: lines are
+matched to questions by `index`),
 waits between questions while kiosks are being answered (serving.ServingGate), and writes the whole
 result to `result.json` by a rename once every question is scored. Messages on stdout: progress (the
 fraction of questions scored), done (the aggregates), error.
@@ -70,8 +72,8 @@ def run(spec: EvalSpec) -> EvalDone:
             gate.wait()
 
         result = evaluate(spec.model_path, rows, lora_path=spec.lora_path, retention=spec.retention, done=done,
-                          progress=progress,
-                          max_tokens=spec.max_tokens, model_name=spec.model_name)
+                          progress=progress, max_tokens=spec.max_tokens, parallel=spec.parallel,
+                          model_name=spec.model_name)
     partial = spec.out_dir / "result.json.partial"
     partial.write_text(result.model_dump_json())
     with open(partial, "rb") as f:

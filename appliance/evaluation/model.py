@@ -4,8 +4,10 @@ the kiosk server answers them, and the reference answer's likelihood from the sa
 Same engine, same template: the model is opened by `appliance.inference.llm.open_served` and the
 prompt is rendered by the chat handler the server uses (`appliance.inference.calls.chat_handler`:
 the GGUF's `tokenizer.chat_template`, with llama-cpp-python's Jinja formatter), tokenized by it, and
-captured by the server's `PromptGuard` on its way to `create_completion`. Generation is a streamed
-temperature-0 chat completion (greedy), the sampling a kiosk gets when it asks for temperature 0.
+captured by the server's `PromptGuard` on its way to `create_completion`. Generation (`answer`) is a
+streamed temperature-0 chat completion (greedy), the sampling a kiosk gets when it asks for
+temperature 0; `run.evaluate` answers through the kiosk server's continuous batching
+(appliance/evaluation/batched.py), `EvalModel.generate` one question at a time on this Llama.
 
 Reference NLL (nats per token): with P the prompt tokens and R the reference's tokens followed by
 the end-of-turn token E (the EOS token the chat handler stops on, `<|im_end|>` for ChatML models;
@@ -13,8 +15,12 @@ a fine-tune must also learn to stop, so stopping is scored), NLL = -1/|R+E| * su
 softmax(logits[|P|-1+i])[t_i] over t = R+E. R is found by tokenizing the prompt's text followed by
 the reference and checking that the prompt's tokens are a prefix of the result (so R is how the
 model would see the reference after the prompt); when a merge crosses the boundary (not seen with
-BPE templates ending in a newline), R is the reference tokenized alone. The prompt's logits are
-reused from the generation (logits_all keeps them): only R+E is evaluated again.
+BPE templates ending in a newline), R is the reference tokenized alone. The tokens this Llama already
+holds (the last question's, or this prompt after `generate`) are kept as far as they agree with P+R+E,
+with their logits (logits_all keeps every row): only the rest is evaluated, so consecutive questions
+share the chat template's preamble (with the default system prompt: 24 of the bench's 35-38 prompt tokens).
+Answered on the batched engine (run.evaluate), the prompt is rendered and evaluated twice (once in
+the batch, once here): the price of not touching the engine kiosks get.
 """
 
 from __future__ import annotations
@@ -58,6 +64,47 @@ def token_nll(logits: np.ndarray, targets: list[int]) -> np.ndarray:
     return -log_softmax(logits)[np.arange(len(targets)), targets]  # type: ignore[no-any-return]
 
 
+def use_template(llm: Any, chat_template: str | None) -> None:
+    """Render `llm`'s chat prompts with the Jinja `chat_template` instead of the GGUF's own (None:
+    leave the GGUF's, what kiosks get). Sets the chat handler on the Llama, where
+    `calls.chat_handler` (and so the batched engine's `BatchedLlama`) looks first."""
+    if chat_template is None:
+        return
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
+    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+    llm.chat_handler = Jinja2ChatFormatter(template=chat_template, eos_token=eos, bos_token=bos,
+                                           stop_token_ids=[llm.token_eos()]).to_chat_handler()
+
+
+def answer(llm: Any, messages: list[dict[str, str]], max_tokens: int) -> Generation:
+    """Greedy streamed chat completion of `messages` on `llm` (a ServedLlama, or a batched
+    engine's per-request `BatchedLlama`), as the kiosk server runs one, timed from this call:
+    `ttft_s` to the first text, `tokens_per_s` over the rest. Under batching both are the latency
+    of one request among those decoded with it, not the model's speed alone. Raises
+    appliance.inference.protocol.ContextLengthExceeded when the prompt does not fit."""
+    sampling = ChatRequest(messages=messages, temperature=0.0, max_tokens=max_tokens).sampling()
+    guard = PromptGuard(llm, max_tokens)
+    llm.generated = 0
+    started = time.perf_counter()
+    first = last = 0.0
+    parts: list[str] = []
+    finish: str | None = None
+    for chunk in chat_handler(llm)(llama=guard, messages=messages, stream=True, **sampling):
+        choice = chunk["choices"][0]
+        text = choice["delta"].get("content") or ""
+        if text:
+            last = time.perf_counter()
+            first = first or last
+            parts.append(text)
+        finish = choice.get("finish_reason") or finish
+    n = llm.generated
+    rate = (n - 1) / (last - first) if n > 1 and last > first else None
+    return Generation(text="".join(parts), prompt=guard.prompt, tokens=n, finish_reason=finish,
+                      ttft_s=(first or time.perf_counter()) - started, tokens_per_s=rate)
+
+
 class EvalModel:
     """A GGUF opened for evaluation. Not thread-safe (llama.cpp); one question at a time.
 
@@ -73,14 +120,7 @@ class EvalModel:
         self.path = path
         self.llm = open_served(path, n_ctx=n_ctx, threads=threads or os.cpu_count() or 1, gpu_layers=gpu_layers,
                                logits_all=True, lora_path=lora_path)
-        if chat_template is not None:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            llm = self.llm
-            eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
-            bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
-            llm.chat_handler = Jinja2ChatFormatter(template=chat_template, eos_token=eos, bos_token=bos,
-                                                   stop_token_ids=[llm.token_eos()]).to_chat_handler()
+        use_template(self.llm, chat_template)
 
     def close(self) -> None:
         self.llm.close()
@@ -92,28 +132,8 @@ class EvalModel:
         self.close()
 
     def generate(self, messages: list[dict[str, str]], max_tokens: int = DEFAULT_MAX_TOKENS) -> Generation:
-        """Greedy chat completion of `messages` (at most `max_tokens` tokens), timed. Raises
-        appliance.inference.protocol.ContextLengthExceeded when the prompt does not fit."""
-        llm = self.llm
-        sampling = ChatRequest(messages=messages, temperature=0.0, max_tokens=max_tokens).sampling()
-        guard = PromptGuard(llm, max_tokens)
-        llm.generated = 0
-        started = time.perf_counter()
-        first = last = 0.0
-        parts: list[str] = []
-        finish: str | None = None
-        for chunk in chat_handler(llm)(llama=guard, messages=messages, stream=True, **sampling):
-            choice = chunk["choices"][0]
-            text = choice["delta"].get("content") or ""
-            if text:
-                last = time.perf_counter()
-                first = first or last
-                parts.append(text)
-            finish = choice.get("finish_reason") or finish
-        n = llm.generated
-        rate = (n - 1) / (last - first) if n > 1 and last > first else None
-        return Generation(text="".join(parts), prompt=guard.prompt, tokens=n, finish_reason=finish,
-                          ttft_s=(first or time.perf_counter()) - started, tokens_per_s=rate)
+        """One question answered on this Llama alone (see `answer`)."""
+        return answer(self.llm, messages, max_tokens)
 
     def reference_tokens(self, prompt: list[int], reference: str) -> list[int]:
         """The reference's tokens as they follow `prompt`, then the end-of-turn (EOS) token."""
@@ -129,23 +149,35 @@ class EvalModel:
     def reference_nll(self, prompt: list[int], reference: str, *, fresh: bool = False) -> tuple[float, int]:
         """(mean NLL in nats per token, tokens scored) of `reference` + end of turn after `prompt`.
 
-        Call right after `generate` for the same prompt (its logits are reused), or with
-        fresh=True to evaluate the prompt again. Raises ValueError when prompt + reference do not
-        fit the context."""
+        Reuses the tokens (and logits) this Llama holds as far as they agree with prompt +
+        reference; fresh=True evaluates everything again. Raises ValueError when prompt +
+        reference do not fit the context."""
         llm = self.llm
         target = self.reference_tokens(prompt, reference)
         if len(prompt) + len(target) > llm.n_ctx():
             raise ValueError(f"prompt ({len(prompt)}) + reference ({len(target)}) tokens exceed the context "
                              f"of {llm.n_ctx()}")
-        if fresh or llm.n_tokens < len(prompt) or list(llm.input_ids[:len(prompt)]) != prompt:
+        if fresh:
             llm.reset()
-            llm.eval(prompt)
-        # eval() drops the KV cache from n_tokens on: the generated answer is replaced by the reference.
-        llm.n_tokens = len(prompt)
-        llm.eval(target)
+        # Rows of scores before n_tokens stay valid for the same tokens at the same places; at least
+        # the target is evaluated again (after `generate` the cache holds the answer there instead).
+        keep = min(_common(list(llm.input_ids[:llm.n_tokens]), prompt), len(prompt))
+        # eval() drops the KV cache from n_tokens on.
+        llm.n_tokens = keep
+        llm.eval([*prompt[keep:], *target])
         start = len(prompt) - 1
         logits = llm.scores[start:start + len(target)]
         return float(token_nll(logits, target).mean()), len(target)
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def as_messages(messages: list[Any]) -> list[dict[str, str]]:

@@ -275,7 +275,8 @@ class Evaluating(ChildKind):
         with Session(rt.engine) as session:
             values = evaluations.spec_values(session, rt.paths, row)
         spec = EvalSpec(evaluation_id=row.id, out_dir=where.root, serving=self.serving,
-                        max_tokens=rt.settings.eval_max_tokens, retention=rt.settings.eval_retention_probe, **values)
+                        max_tokens=rt.settings.eval_max_tokens, parallel=rt.settings.eval_parallel,
+                        retention=rt.settings.eval_retention_probe, **values)
         evaluations.set_total(engine=rt.engine, evaluation_id=row.id,
                               total=len(plan(eval_rows(spec.dataset_path), spec.retention)))
         where.spec.write_text(spec.model_dump_json(indent=2))
