@@ -21,7 +21,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from appliance.evaluation.model import DEFAULT_CTX, DEFAULT_MAX_TOKENS, Generation, answer, use_template
+from appliance.evaluation.model import (
+    DEFAULT_CTX,
+    DEFAULT_MAX_TOKENS,
+    Generation,
+    answer,
+    reference_tokens,
+    use_template,
+)
 
 
 class BatchedGenerator:
@@ -68,6 +75,17 @@ class BatchedGenerator:
 
         return answer(BatchedLlama(self.model, cancelled or threading.Event(), adapter=self.adapter), messages,
                       max_tokens)
+
+    def reference_nll(self, prompt: list[int], reference: str,
+                      cancelled: threading.Event | None = None) -> tuple[float, int]:
+        """(mean NLL in nats per token, tokens scored) of `reference` + end of turn after `prompt`
+        (formula: model.py), from the engine's own logits (BatchedLlama.score), decoded in the batch
+        beside the questions being answered. Raises ValueError when prompt + reference do not fit n_ctx."""
+        from appliance.inference.batched_llm import BatchedLlama
+
+        target = reference_tokens(self.model.llm, prompt, reference)
+        nll = BatchedLlama(self.model, cancelled or threading.Event(), adapter=self.adapter).score(prompt, target)
+        return sum(nll) / len(nll), len(nll)
 
     def close(self) -> None:
         """Let the answers in progress end, then free the batch context and the model."""

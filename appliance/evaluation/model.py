@@ -19,8 +19,9 @@ BPE templates ending in a newline), R is the reference tokenized alone. The toke
 holds (the last question's, or this prompt after `generate`) are kept as far as they agree with P+R+E,
 with their logits (logits_all keeps every row): only the rest is evaluated, so consecutive questions
 share the chat template's preamble (with the default system prompt: 24 of the bench's 35-38 prompt tokens).
-Answered on the batched engine (run.evaluate), the prompt is rendered and evaluated twice (once in
-the batch, once here): the price of not touching the engine kiosks get.
+`run.evaluate` scores on the batched engine itself (`BatchedGenerator.reference_nll`: the same
+formula on the logits rows the engine computes for P+R, P's cells reused from the answer just
+generated, so only R+E is decoded); `EvalModel.reference_nll` is the one-model-at-a-time way.
 """
 
 from __future__ import annotations
@@ -105,6 +106,18 @@ def answer(llm: Any, messages: list[dict[str, str]], max_tokens: int) -> Generat
                       ttft_s=(first or time.perf_counter()) - started, tokens_per_s=rate)
 
 
+def reference_tokens(llm: Any, prompt: list[int], reference: str) -> list[int]:
+    """The reference's tokens as they follow `prompt` (see the module's docstring), then the
+    end-of-turn (EOS) token; `llm`: a llama-cpp-python Llama (its tokenizer)."""
+    text = llm.detokenize(prompt, special=True)
+    joint = llm.tokenize(text + reference.encode(), add_bos=False, special=True)
+    if joint[:len(prompt)] == prompt:
+        ref = joint[len(prompt):]
+    else:
+        ref = llm.tokenize(reference.encode(), add_bos=False, special=False)
+    return [*ref, llm.token_eos()]
+
+
 class EvalModel:
     """A GGUF opened for evaluation. Not thread-safe (llama.cpp); one question at a time.
 
@@ -137,14 +150,7 @@ class EvalModel:
 
     def reference_tokens(self, prompt: list[int], reference: str) -> list[int]:
         """The reference's tokens as they follow `prompt`, then the end-of-turn (EOS) token."""
-        llm = self.llm
-        text = llm.detokenize(prompt, special=True)
-        joint = llm.tokenize(text + reference.encode(), add_bos=False, special=True)
-        if joint[:len(prompt)] == prompt:
-            ref = joint[len(prompt):]
-        else:
-            ref = llm.tokenize(reference.encode(), add_bos=False, special=False)
-        return [*ref, llm.token_eos()]
+        return reference_tokens(self.llm, prompt, reference)
 
     def reference_nll(self, prompt: list[int], reference: str, *, fresh: bool = False) -> tuple[float, int]:
         """(mean NLL in nats per token, tokens scored) of `reference` + end of turn after `prompt`.

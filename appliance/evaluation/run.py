@@ -2,11 +2,10 @@
 aggregates with their intervals.
 
 Batched: up to `parallel` questions are answered at once on the kiosk server's continuous-batching
-engine (batched.py); each question's reference NLL is then computed on a logits_all Llama of the same
-GGUF (model.py), between two decode steps of the batch (the two share one compute lock, so they never
-run llama.cpp on the same cores at once). Measured (bench/eval_speed.py, README; bundled model, quiet
-2-core machine): 100 questions took 93 s answered one at a time, 60.4 s four at a time, 62.9 s eight at
-a time (compute-bound: decoding 42 s, the NLL pass 13 s).
+engine (batched.py), and each question's reference NLL is computed by the same engine in the same
+batch (`BatchedLlama.score`: the prompt's cells reused from the answer just generated, only the
+reference decoded). Measured (bench/eval_speed.py, README; bundled model, quiet 2-core machine): 100
+questions took 93 s answered one at a time, 53.4 s four at a time, 51.5 s eight at a time.
 
 Resumable: `evaluate` reports each `QuestionResult` through `progress` as soon as it is scored
 (what the worker job persists), so results arrive in the order answers end, not in index order,
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from appliance.evaluation import overlap, stats
 from appliance.evaluation.batched import BatchedGenerator
-from appliance.evaluation.model import DEFAULT_CTX, DEFAULT_MAX_TOKENS, EvalModel, as_messages
+from appliance.evaluation.model import DEFAULT_CTX, DEFAULT_MAX_TOKENS, as_messages
 from appliance.evaluation.retention import load_probe
 from appliance.evaluation.schemas import EvalRow, EvaluationResult, Interval, QuestionResult, RowSet, fingerprint
 
@@ -54,13 +53,12 @@ def plan(rows: Sequence[EvalRow], retention: Retention = True) -> list[tuple[Row
     return [(RowSet.EVAL, row) for row in rows] + [(RowSet.RETENTION, row) for row in probe]
 
 
-def score_row(engine: BatchedGenerator, model: EvalModel, index: int, kind: RowSet, row: EvalRow, max_tokens: int,
+def score_row(engine: BatchedGenerator, index: int, kind: RowSet, row: EvalRow, max_tokens: int,
               cancelled: threading.Event | None = None) -> QuestionResult:
     """Ask one question on `engine` and score the answer (see model.py for NLL, overlap.py for the
-    rest); the NLL on `model`, under `engine.compute`. Thread-safe (one call per question in flight)."""
+    rest), the NLL from the engine's logits too. Thread-safe (one call per question in flight)."""
     gen = engine.generate(as_messages(row.messages), max_tokens, cancelled)
-    with engine.compute:
-        nll, n = model.reference_nll(gen.prompt, row.reference)
+    nll, n = engine.reference_nll(gen.prompt, row.reference, cancelled)
     refs = [row.reference, *row.aliases]
     return QuestionResult(
         index=index, id=row.id, set=kind, question=row.question, reference=row.reference, answer=gen.text,
@@ -70,7 +68,7 @@ def score_row(engine: BatchedGenerator, model: EvalModel, index: int, kind: RowS
         contains=overlap.contains(gen.text, refs), ttft_s=gen.ttft_s, tokens_per_s=gen.tokens_per_s)
 
 
-def answered(engine: BatchedGenerator, model: EvalModel, questions: Sequence[tuple[RowSet, EvalRow]],
+def answered(engine: BatchedGenerator, questions: Sequence[tuple[RowSet, EvalRow]],
              todo: Sequence[int], limits: Callable[[RowSet], int],
              parallel: int) -> Generator[QuestionResult, None, None]:
     """The results of questions `todo` (indices into `questions`), as each ends; at most `parallel`
@@ -82,7 +80,7 @@ def answered(engine: BatchedGenerator, model: EvalModel, questions: Sequence[tup
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="eval-question") as pool:
 
         def start(n: int) -> set[Future[QuestionResult]]:
-            return {pool.submit(score_row, engine, model, i, *questions[i], limits(questions[i][0]), cancelled)
+            return {pool.submit(score_row, engine, i, *questions[i], limits(questions[i][0]), cancelled)
                     for i in itertools.islice(upcoming, n)}
 
         running = start(parallel)
@@ -129,15 +127,13 @@ def evaluate(model_path: Path, rows: Sequence[EvalRow], *, lora_path: Path | Non
     if todo:
         parallel = max(1, min(parallel, len(todo)))
         threads = threads or os.cpu_count() or 1
-        with EvalModel(model_path, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
-                       chat_template=chat_template, lora_path=lora_path) as model, \
-                BatchedGenerator(model_path, parallel=parallel, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
-                                 chat_template=chat_template, lora_path=lora_path) as engine:
+        with BatchedGenerator(model_path, parallel=parallel, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers,
+                              chat_template=chat_template, lora_path=lora_path) as engine:
             def limit(kind: RowSet) -> int:
                 return max_tokens if kind == RowSet.EVAL else retention_max_tokens
 
             # closing(): a progress callback that raises ends the answers in flight before the engine closes.
-            with closing(answered(engine, model, questions, todo, limit, parallel)) as scored:
+            with closing(answered(engine, questions, todo, limit, parallel)) as scored:
                 for result in scored:
                     results[result.index] = result
                     if progress is not None:

@@ -83,6 +83,34 @@ class BatchedLlama:
                 "usage": {"prompt_tokens": len(tokens), "completion_tokens": seq.generated,
                           "total_tokens": len(tokens) + seq.generated}}
 
+    def score(self, prompt: list[int], targets: list[int]) -> list[float]:
+        """-log p(targets[i] | prompt + targets[:i]) for each target (nats), from the logits this
+        engine computes for a sequence (as kiosks' answers are sampled from them), decoded in the batch
+        beside the others. The prompt's KV cells are reused from the seat that last held them (the
+        question just answered), so only the targets are decoded. Raises ValueError when prompt +
+        targets exceed the context of one request."""
+        if not targets:
+            return []
+        if len(prompt) + len(targets) > self._model.ctx:
+            raise ValueError(f"prompt ({len(prompt)}) + scored ({len(targets)}) tokens exceed the context of "
+                             f"{self._model.ctx}")
+        seq = Sequence(prompt=[*prompt, *targets[:-1]], max_tokens=0, sampling=Sampling(temperature=0.0), stops=[],
+                       cancelled=self._cancelled, adapter=self._adapter, targets=list(targets))
+        self._seq = seq
+        self._model.enqueue(seq)
+        scored: list[float] = []
+        while True:
+            event = seq.events.get()
+            seq.done_with()
+            if event[0] == "scored":
+                scored = list(event[1])
+            elif event[0] == "end":
+                if len(scored) != len(targets):
+                    raise RuntimeError(f"scoring ended ({event[1]}) after {len(scored)} of {len(targets)} tokens")
+                return scored
+            elif event[0] == "error":
+                raise event[1]
+
     def _chunks(self, seq: Sequence, ident: str, created: int, name: str) -> Iterator[dict[str, Any]]:
         ended = taken = False
 

@@ -217,8 +217,16 @@ class BatchedModel(AdapterHosting, ModelHost):
             self._wait_handled(active)
             # One decode per adapter in use (the base's own sequences are a group too), in seat order.
             for adapter in sorted({s.adapter for s in active}, key=lambda k: (k is not None, k or "")):
-                self.loras.apply(self._ctx.ctx, adapter)
-                self._step(batch, [s for s in active if s.adapter == adapter], active, seats, buf)
+                group = [s for s in active if s.adapter == adapter]
+                try:
+                    self.loras.apply(self._ctx.ctx, adapter)
+                    self._step(batch, group, active, seats, buf)
+                except Exception as exc:  # noqa: BLE001  (a bug must fail these requests, not stall them all)
+                    log.exception("%s: a decode step failed", self.info.key)
+                    for seq in group:
+                        seq.fail(exc)
+                        if seq in active:
+                            self._free(seq, active, seats, None)
 
     def _wait_handled(self, active: list[Sequence]) -> None:
         """Wait (bounded) until the request threads have handled the last step's tokens: Python work
@@ -238,23 +246,23 @@ class BatchedModel(AdapterHosting, ModelHost):
         sequential); 8 sequences in admission order were decoded one micro-batch each, measured
         here at 103 ms a step instead of 24 (the weights read 8 times)."""
         ordered = sorted(group, key=lambda s: s.seat)
-        outputs: list[tuple[Sequence, int]] = []
+        outputs: list[tuple[Sequence, int, int]] = []  # (sequence, row in the batch, prompt position or -1)
         fed: list[tuple[Sequence, list[int]]] = []
         n = 0
         for seq in ordered:
             if not seq.prefilling:
                 _add(batch, n, seq.last, seq.n_past, seq.seat, True)
-                outputs.append((seq, n))
+                outputs.append((seq, n, -1))
                 fed.append((seq, [seq.last]))
                 n += 1
         for seq in ordered:
             if seq.prefilling and n < N_BATCH:
                 chunk = seq.prompt[seq.fed: seq.fed + N_BATCH - n]
                 for i, token in enumerate(chunk):
-                    last = seq.fed + i == len(seq.prompt) - 1
-                    _add(batch, n, token, seq.n_past + i, seq.seat, last)
-                    if last:
-                        outputs.append((seq, n))
+                    wanted = seq.fed + i >= seq.score_from
+                    _add(batch, n, token, seq.n_past + i, seq.seat, wanted)
+                    if wanted:
+                        outputs.append((seq, n, seq.fed + i))
                     n += 1
                 fed.append((seq, chunk))
         if n == 0:
@@ -274,7 +282,13 @@ class BatchedModel(AdapterHosting, ModelHost):
             seq.tokens += tokens
             if seq.prefilling:
                 seq.fed += len(tokens)
-        for seq, index in outputs:
+        for seq, index, position in outputs:
+            if seq.targets is not None:  # scoring: a row of logits per target, then the sequence ends
+                seq.take_logits(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), position, self.llm.n_vocab())
+                if position == len(seq.prompt) - 1:
+                    seq.send(("scored", seq.nll))
+                    self._free(seq, active, seats, "stop", keep=True)
+                continue
             token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx.ctx, index)
             if seq.accept(token, self.llm._model, buf):
                 self._free(seq, active, seats, None, keep=True)

@@ -26,11 +26,12 @@ class Seats:
 
     def take(self, seq: Sequence) -> int:
         """Seat `seq` (a seat must be free) and return how many of its prompt tokens are already in
-        the seat's cells; the rest of the cells are dropped. The last prompt token is always decoded
-        again (its logits are needed to sample the first answer token)."""
+        the seat's cells; the rest of the cells are dropped. The prompt from `seq.score_from` on is
+        always decoded again (its logits are needed: the last token's to sample the first answer
+        token; a scored sequence's for the likelihood of its targets)."""
         seat = max(self.free, key=lambda s: (self._common(s, seq), -s))  # ties: the lowest seat
         self.free.remove(seat)
-        reused = min(self._common(seat, seq), len(seq.prompt) - 1)
+        reused = min(self._common(seat, seq), seq.score_from)
         llama_cpp.llama_memory_seq_rm(self.memory, seat, reused, -1)
         self.cached[seat] = (None, [])
         seq.seat = seat

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 PENALTY_LAST_N = 64  # llama-cpp-python's last_n_tokens_size
 
@@ -114,6 +115,10 @@ class Sequence:
     stops: list[str]
     cancelled: threading.Event = field(default_factory=threading.Event)
     adapter: str | None = None  # the LoRA adapter it is decoded with (its key on the model), None: the base
+    # Scoring instead of generating (an evaluation's reference answer): the tokens whose likelihood is
+    # asked, the last len(targets) - 1 of them at the end of `prompt`; see `score_from`, `take_logits`.
+    targets: list[int] | None = None
+    nll: list[float] = field(default_factory=list)  # -log p(targets[i]), nats, as the rows come
     events: queue.Queue[tuple[Any, ...]] = field(default_factory=queue.Queue)
     # Events sent and not yet handled by the request's thread (the batch waits for them: see batching.py).
     pending: int = 0
@@ -131,6 +136,20 @@ class Sequence:
     @property
     def prefilling(self) -> bool:
         return self.fed < len(self.prompt)
+
+    @property
+    def score_from(self) -> int:
+        """The first prompt position whose logits are needed: the last one (to sample the answer's first
+        token), or for scoring the one whose logits predict targets[0]."""
+        return len(self.prompt) - (len(self.targets) if self.targets is not None else 1)
+
+    def take_logits(self, logits: Any, position: int, n_vocab: int) -> None:
+        """Scoring: the logits row (a float pointer, `n_vocab` long) of prompt `position` >= score_from.
+        NLL = -log softmax(row)[target], in float64 (stable: shift by the max)."""
+        assert self.targets is not None
+        row = np.ctypeslib.as_array(logits, shape=(n_vocab,)).astype(np.float64)
+        top = row.max()
+        self.nll.append(float(top + np.log(np.exp(row - top).sum()) - row[self.targets[position - self.score_from]]))
 
     def start(self, model: Any, reused: int = 0) -> None:
         """Seated (`seat` set), its seat's KV cells already holding the first `reused` prompt tokens."""
