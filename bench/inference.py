@@ -35,6 +35,7 @@ import httpx
 from appliance.bootstrap import bootstrap
 from appliance.jobs import deployments, exports
 from appliance.models.registry import BUNDLED_ID, ensure_bundled
+from appliance.models.served import served_file
 from appliance.settings import Settings
 from appliance.worker.worker import Worker
 
@@ -60,7 +61,7 @@ def setup() -> tuple[Any, Path, str]:
         time.sleep(0.1)
     assert status == "ready", "the Q8_0 export failed"
     with Session(rt.engine) as s:
-        gguf_path, _ = deployments.model_file(s, rt.paths, artifact_id=None, base_model_id=BUNDLED_ID)
+        gguf_path = served_file(s, rt.paths, artifact_id=None, base_model_id=BUNDLED_ID).path
     return rt, gguf_path, art.id
 
 
@@ -233,7 +234,7 @@ def concurrency_section(rt: Any, q8_id: str, threads: int, args: argparse.Namesp
 
     dep = deployments.request_deployment(engine=rt.engine, paths=rt.paths, artifact_id=q8_id, reason="bench")
     with Session(rt.engine) as s:
-        gguf, _ = deployments.model_file(s, rt.paths, artifact_id=q8_id, base_model_id=None)
+        gguf = served_file(s, rt.paths, artifact_id=q8_id, base_model_id=None).path
     ctx, tokens, n = 1024, args.client_tokens, args.client_requests
     levels: dict[str, Any] = {}
     for clients in [int(c) for c in args.clients.split(",")]:

@@ -234,7 +234,17 @@ def test_adapters_come_and_go_under_load_without_a_failed_request(site: Site) ->
 
 
 def test_undeploy_refuses_what_it_cannot_remove(site: Site) -> None:
+    from test_cli import appliance as cli
+
     assert site.api.post("/api/deployments/undeploy", params={"name": "nowhere"}).status_code == 404
+    res = cli(site.runtime.paths.root, "undeploy", "nowhere")
+    assert res.returncode == 1 and "no deployment named 'nowhere' is served" in res.stderr, res.stderr
+    res = site.api.post("/api/deployments", json={"artifact_id": site.adapter["ward-a"]["id"], "name": "ward-x",
+                                                  "force": True})
+    assert res.status_code == 202 and res.json()["status"] == "pending"  # no inference server here to load it
+    res = cli(site.runtime.paths.root, "undeploy", "ward-x")
+    assert res.returncode == 0 and "ward-x" in res.stdout, res.stderr
+    assert site.api.get("/api/deployments").json()[0]["status"] == "failed"  # never to be loaded
     res = site.api.post("/api/deployments/undeploy", params={"name": "default"})
     assert res.status_code == 409 and "default" in res.text
     res = site.api.post("/api/deployments", json={"artifact_id": site.adapter["ward-a"]["id"],
@@ -266,4 +276,6 @@ def test_an_adapter_is_evaluated_as_it_is_served(site: Site) -> None:
     adapter = evaluate(served.path, rows, lora_path=served.lora, retention=False, threads=2)
     merged = evaluate(site.file(site.merged["ward-a"]), rows, retention=False, threads=2)
     assert [q.answer for q in adapter.questions] == [q.answer for q in merged.questions]
-    assert abs(adapter.metrics["nll"].mean - merged.metrics["nll"].mean) < 1e-4
+    # Not bit-identical weights (W + BA merged once, against W x + B(A x) at run time) and the engine's
+    # flash attention rounds K and V to f16: measured 1.6e-4 apart (same weights agree to 1e-6).
+    assert abs(adapter.metrics["nll"].mean - merged.metrics["nll"].mean) < 1e-3
