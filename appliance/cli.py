@@ -113,6 +113,9 @@ def inference() -> None:
     """Run the OpenAI-compatible inference server for kiosks (port 8080) in the foreground."""
     import logging
 
+    from appliance.inference import openmp
+
+    openmp.tune()  # before llama.cpp loads
     import uvicorn
 
     from appliance.inference.server import create_inference_app

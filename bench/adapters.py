@@ -66,7 +66,7 @@ def _random_adapter(base_hf: Path, out: Path, seed: int) -> Path:
         for name, param in model.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn_like(param) * 0.02)
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(base_hf / name, out / name)
     return out
