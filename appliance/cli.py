@@ -594,7 +594,7 @@ def _follow_deployment(runtime: Runtime, deployment_id: str, wait: bool) -> None
 
 @app.command()
 def deploy(
-    artifact: Annotated[str | None, typer.Argument(help="A ready GGUF artifact's id")] = None,
+    artifact: Annotated[str | None, typer.Argument(help="A ready GGUF (or GGUF adapter) artifact's id")] = None,
     base: Annotated[str | None, typer.Option(help="Serve a base model's own GGUF instead")] = None,
     force: Annotated[bool, typer.Option(help="Deploy without the deployment gate (recorded in the event log)")] = False,
     eval_dataset: Annotated[str | None, typer.Option(help="Eval set the gate compares on (default: the newest "

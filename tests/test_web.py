@@ -205,6 +205,19 @@ def deploy(page: Any, box: Appliance) -> None:
     expect(page.locator("#deploy-result")).to_contain_text("Rolling back")
     expect(page.locator("#deployments tr")).to_have_count(4)  # the header and three deployments
     expect(latest).to_have_attribute("data-status", "active", timeout=LONG)
+    # A named deployment beside the default (kiosks ask for it as `model`), then no longer served.
+    page.select_option("#deploy-model", f"artifact:{q8['id']}")
+    page.fill("#deploy-name", "ward-a")
+    page.get_by_role("button", name="Deploy", exact=True).click()
+    expect(page.locator("#deploy-result")).to_contain_text(re.compile("Deployment dep_|refused"))
+    if page.get_by_role("button", name="Deploy anyway").is_visible():
+        page.get_by_role("button", name="Deploy anyway").click()
+    named = page.locator("#deployments tr").nth(1)
+    expect(named).to_contain_text("ward-a")
+    expect(named).to_have_attribute("data-status", "active", timeout=LONG)
+    named.get_by_role("button", name="Stop serving").click()
+    expect(page.locator("#deployments tr").nth(1)).to_have_attribute("data-status", "retired")
+    expect(page.locator("#deployments tr").nth(2)).to_have_attribute("data-status", "active")  # the default
     (ARTIFACTS / "deployments.json").write_text(json.dumps(api(box, "/api/deployments"), indent=1))
     screenshot(page, "deploy")
 

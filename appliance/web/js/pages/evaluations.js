@@ -11,7 +11,9 @@ export function hide() { stop(); }
 
 export async function show(section) {
   hide();
-  const [datasets, arts, models] = await Promise.all([api("/api/datasets"), api("/api/artifacts?kind=gguf"), api("/api/models")]);
+  const [datasets, ggufs, adapters, models] = await Promise.all([api("/api/datasets"), api("/api/artifacts?kind=gguf"),
+    api("/api/artifacts?kind=gguf-adapter"), api("/api/models")]);
+  const arts = [...ggufs, ...adapters];
   const listBox = h("div", { id: "eval-list" }), compareBox = h("div", { id: "compare" });
   section.replaceChildren(form(datasets, arts, models, listBox, compareBox), listBox, compareBox);
   await render(listBox, compareBox);
