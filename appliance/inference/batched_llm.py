@@ -6,7 +6,9 @@ the Llama's own context, and `n_ctx()` the context one request may use.
 `create_completion` returns llama-cpp-python's shapes (a completion dict, or an iterator of
 completion chunks ending with one that carries `finish_reason`), so its chat handlers turn them into
 chat completions unchanged. One `BatchedLlama` per request: `generated` counts that request's tokens;
-`adapter` names the LoRA adapter its sequence is decoded with.
+`adapter` names the LoRA adapter its sequence is decoded with; `direct`, given for a streamed request
+of the server, takes its tokens to the event loop instead (appliance/inference/streams.py), and the
+iterator returned is then never read.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from appliance.inference.sequences import Sampling, Sequence
 
 if TYPE_CHECKING:
     from appliance.inference.batching import BatchedModel
+    from appliance.inference.streams import DirectStream
 
 
 class BatchedLlama:
-    def __init__(self, model: BatchedModel, cancelled: threading.Event, adapter: str | None = None) -> None:
-        self._model, self._cancelled, self._adapter = model, cancelled, adapter
+    def __init__(self, model: BatchedModel, cancelled: threading.Event, adapter: str | None = None,
+                 direct: DirectStream | None = None) -> None:
+        self._model, self._cancelled, self._adapter, self._direct = model, cancelled, adapter, direct
         self._seq: Sequence | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -68,18 +72,23 @@ class BatchedLlama:
         seq = Sequence(prompt=list(tokens), max_tokens=limit, sampling=sampling, stops=stops,
                        cancelled=self._cancelled, adapter=self._adapter)
         self._seq = seq
-        self._model.enqueue(seq)
         ident, created, name = f"cmpl-{uuid.uuid4()}", int(time.time()), self._model.info.name
-        chunks = self._chunks(seq, ident, created, name)
-        if stream:
-            return chunks
-        text, reason = [], None
-        for chunk in chunks:
-            choice = chunk["choices"][0]
-            text.append(choice["text"])
-            reason = choice["finish_reason"] or reason
+        if stream and self._direct is not None:  # its chunks are made on the event loop: the iterator below is unused
+            seq.sink = self._direct
+            self._direct.open(ident, created, name, len(tokens))
+        collected = _Collected() if not stream else None
+        if collected is not None:
+            seq.sink = collected
+        self._model.enqueue(seq)
+        if collected is None:
+            return self._chunks(seq, ident, created, name)
+        collected.ended.wait()
+        last = collected.events[-1]
+        if last[0] == "error":
+            raise last[1]
+        text = "".join(event[1] for event in collected.events if event[0] == "text")
         return {"id": ident, "object": "text_completion", "created": created, "model": name,
-                "choices": [{"text": "".join(text), "index": 0, "logprobs": None, "finish_reason": reason}],
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": last[1]}],
                 "usage": {"prompt_tokens": len(tokens), "completion_tokens": seq.generated,
                           "total_tokens": len(tokens) + seq.generated}}
 
@@ -138,3 +147,17 @@ class BatchedLlama:
             if not ended:  # closed early (the client went away): free the sequence at the next step
                 seq.cancelled.set()
                 self._model.wake()
+
+
+class _Collected:
+    """A sink (sequences.Sequence.sink) for an answer returned whole: its events are kept until the
+    last, so the request's thread wakes once, not once a token."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.ended = threading.Event()
+
+    def post(self, events: list[tuple[Any, ...]]) -> None:
+        self.events.extend(events)
+        if any(event[0] != "text" for event in events):
+            self.ended.set()

@@ -36,6 +36,7 @@ from appliance.inference.engine import END, Job, LoadSpec, ModelHost, ModelInfo,
 from appliance.inference.metrics import Metrics
 from appliance.inference.seats import Seats
 from appliance.inference.sequences import Sequence
+from appliance.inference.streams import DirectStream
 from appliance.serving import KioskPriority
 
 log = logging.getLogger("appliance.inference")
@@ -94,10 +95,15 @@ class BatchedModel(AdapterHosting, ModelHost):
     # the request's thread
 
     def _run(self, job: Job) -> None:
+        """Render the prompt and queue the sequence. A streamed request is then the batch thread's: its
+        tokens go to the event loop (DirectStream) and it is accounted for when its sequence ends."""
         if self.priority is not None:
             self.metrics.held_back.inc(self.priority.begin())
+        direct = DirectStream(job, done=lambda: self._finish(job)) if job.stream else None
         try:
-            result = job.call(BatchedLlama(self, job.cancelled, adapter=job.adapter))
+            result = job.call(BatchedLlama(self, job.cancelled, adapter=job.adapter, direct=direct))
+            if direct is not None and direct.opened:
+                return
             if not job.stream:
                 job.send(result)
                 return
@@ -108,12 +114,17 @@ class BatchedModel(AdapterHosting, ModelHost):
             job.send(END)
         except Exception as exc:  # noqa: BLE001  (the request gets the error)
             job.send(exc)
+            job.cancelled.set()  # a sequence already queued ends at the next step
         finally:
-            if self.priority is not None:
-                self.priority.end()
-            with self._lock:
-                self._count(job.adapter, -1)
-            self.wake()
+            if direct is None or not direct.opened:
+                self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        if self.priority is not None:
+            self.priority.end()
+        with self._lock:
+            self._count(job.adapter, -1)
+        self.wake()
 
     # the batch thread
 
@@ -282,6 +293,16 @@ class BatchedModel(AdapterHosting, ModelHost):
             seq.tokens += tokens
             if seq.prefilling:
                 seq.fed += len(tokens)
+        for seq in ordered:
+            seq.hold()
+        try:
+            self._sample(outputs, active, seats, buf)
+        finally:
+            for seq in ordered:
+                seq.flush()
+
+    def _sample(self, outputs: list[tuple[Sequence, int, int]], active: list[Sequence], seats: Seats,
+                buf: Any) -> None:
         for seq, index, position in outputs:
             if seq.targets is not None:  # scoring: a row of logits per target, then the sequence ends
                 seq.take_logits(llama_cpp.llama_get_logits_ith(self._ctx.ctx, index), position, self.llm.n_vocab())

@@ -60,6 +60,8 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.monotonic)
     adapter: str | None = None
+    chat: bool = False  # a chat completion (else a text completion): the chunks' shape, when streamed
+    usage: bool = False  # streamed with stream_options.include_usage: a usage chunk ends the stream
 
     def send(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)

@@ -142,7 +142,8 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
 
     async def _run(body: ChatRequest | CompletionRequest, call: Any) -> Response:
         loop = asyncio.get_running_loop()
-        job = Job(call=call, stream=bool(body.stream), loop=loop)
+        job = Job(call=call, stream=bool(body.stream), loop=loop, chat=isinstance(body, ChatRequest),
+                  usage=body.include_usage)
         try:
             loaded = state.submit(job, body.model)
         except UnknownModel as exc:
