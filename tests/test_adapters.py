@@ -258,6 +258,10 @@ def test_undeploy_refuses_what_it_cannot_remove(site: Site) -> None:
     res = site.api.post("/api/artifacts/export", json={"adapter_id": site.imported["ward-a"], "kind": "gguf-adapter",
                                                        "base_artifact_id": "art_nope"})
     assert res.status_code == 404, res.text
+    # The base GGUF the adapters are served on stays while they do.
+    res = site.api.delete(f"/api/artifacts/{site.base_gguf['id']}")
+    assert res.status_code == 409 and site.adapter["ward-a"]["id"] in res.text, res.text
+    assert site.file(site.base_gguf).is_file()
 
 
 def test_an_adapter_is_evaluated_as_it_is_served(site: Site) -> None:

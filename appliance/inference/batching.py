@@ -1,9 +1,10 @@
 """Continuous batching: one llama.cpp context holding `parallel` sequences, decoded together.
 
 A `BatchedModel` has the interface of `engine.LoadedModel` (the manager swaps either), but a
-request does not wait for the one before it to end. Each request runs on a thread of its own: it
-renders the chat template and tokenizes (llama-cpp-python's handler, through `BatchedLlama`), hands
-the batch thread a `Sequence`, and turns the tokens that come back into OpenAI chunks. The batch
+request does not wait for the one before it to end. Each request starts on a thread of its own: it
+renders the chat template and tokenizes (llama-cpp-python's handler, through `BatchedLlama`) and
+hands the batch thread a `Sequence`; a streamed answer's tokens then go from the batch thread to the
+event loop (appliance/inference/streams.py), an answer returned whole is collected until it ends. The batch
 thread owns the context (llama.cpp's OpenMP team belongs to the thread that calls it): every step
 it admits waiting sequences to free seats, puts one token of every generating sequence and the
 next prompt tokens of new ones (up to `n_batch`) in one `llama_batch`, decodes it under the compute

@@ -304,6 +304,12 @@ def delete_artifact(*, engine: Engine, paths: Paths, artifact_id: str) -> None:
             raise ConflictError(f"artifact {artifact_id} is deployed ({used.id}); deploy another model first")
         if session.exec(select(Deployment).where(Deployment.artifact_id == artifact_id)).first() is not None:
             raise ConflictError(f"artifact {artifact_id} is in the deployment history; it is kept for rollback")
+        served_on = [a.id for a in session.exec(select(Artifact).where(Artifact.kind == "gguf-adapter",
+                                                                      Artifact.base_model_id == art.base_model_id))
+                     if json.loads(a.spec_json or "{}").get("serve_base_artifact_id") == artifact_id]
+        if served_on:
+            raise ConflictError(f"artifact {artifact_id} is the base GGUF that the LoRA adapter(s) "
+                                f"{', '.join(sorted(served_on))} are served and evaluated on; delete them first")
         session.delete(art)
         events.record(session, kind="artifact.deleted", entity_type="artifact", entity_id=artifact_id,
                       message="artifact deleted")

@@ -86,7 +86,8 @@ def modelfile(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> Pla
 
 
 @router.delete("/{artifact_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an artifact and its files",
-               responses=responses(507, notes={**NOT_FOUND, 409: "Running, deployed, or a run's adapter"}))
+               responses=responses(507, notes={**NOT_FOUND, 409: "Running, deployed, a run's adapter, or the base "
+                                                                  "GGUF LoRA adapters are served on"}))
 def delete(artifact_id: str, runtime: RuntimeDep) -> Response:
     exports.delete_artifact(engine=runtime.engine, paths=runtime.paths, artifact_id=artifact_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
