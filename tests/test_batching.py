@@ -134,3 +134,47 @@ def test_context_overflow_is_a_400_with_token_counts(server: Server, stream: boo
     assert re.search(r"you requested \d+ tokens \(\d+ in the messages, 1020 in the completion\)",
                      info.value.message), info.value.message
     assert ask(client, PROMPTS[0], max_tokens=3)[1] == "length"  # the server goes on
+
+
+def _sse(server: Server, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The streamed chunks' shapes: `id` and `created` replaced by theirs, each token's text by "…",
+    then runs of equal chunks made one (the two servers' text may differ: flash attention, see below)."""
+    from test_inference import KEY
+
+    shapes: list[dict[str, Any]] = []
+    with httpx.stream("POST", f"{server.base}/v1/{path}", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=WAIT_S) as res:
+        assert res.status_code == 200, res.read()
+        lines = [line for line in res.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    for line in lines[:-1]:
+        chunk = json.loads(line[6:])
+        chunk["id"] = re.sub(r"[0-9a-f-]{36}$", "<uuid>", chunk["id"])
+        assert isinstance(chunk.pop("created"), int)
+        for choice in chunk["choices"]:
+            if choice.get("text") or choice.get("delta", {}).get("content"):
+                choice["text" if "text" in choice else "delta"] = "…" if "text" in choice else {"content": "…"}
+        if not shapes or shapes[-1] != chunk:
+            shapes.append(chunk)
+    return shapes
+
+
+def test_streamed_chunks_are_those_of_the_serial_server(server: Server, template_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """The batched engine makes streamed chunks itself (appliance/inference/streams.py): the chunks
+    llama-cpp-python's handler gives the serial server, field for field, and the same token counts.
+    (Not the same text: the batched engine decodes with flash attention, which moves this model's
+    logits enough to change greedy choices after a few tokens.)"""
+    clone_data_dir(template_dir, tmp_path / "data")
+    serial = Server(tmp_path / "data", APPLIANCE_INFERENCE_PARALLEL="1").start()
+    try:
+        for path, body in [("chat/completions", {"messages": [{"role": "user", "content": PROMPTS[1]}]}),
+                           ("completions", {"prompt": "The pharmacy is on the"})]:
+            for extra in ({}, {"stream_options": {"include_usage": True}}):
+                full = {**body, **extra, "max_tokens": 12, "temperature": 0, "stream": True}
+                batched = _sse(server, path, full)
+                assert batched == _sse(serial, path, full)
+                assert batched[-1]["usage"]["completion_tokens"] == 12 if extra else batched[-1]["choices"][0][
+                    "finish_reason"] == "length"
+    finally:
+        serial.stop()
