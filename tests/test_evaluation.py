@@ -32,7 +32,7 @@ from appliance.evaluation import (
     summarize,
     verdict,
 )
-from appliance.evaluation.model import EvalModel
+from appliance.evaluation.batched import BatchedGenerator
 from appliance.inference.protocol import ContextLengthExceeded
 from appliance.models.registry import bundled_gguf
 from tests.conftest import FAQ
@@ -78,13 +78,14 @@ def independent_nll(path: Path, messages: list[dict[str, str]], reference: str, 
 ])
 def test_reference_nll_equals_an_independent_llama_cpp_computation(gguf: Path, messages: list[dict[str, str]],
                                                                    reference: str) -> None:
-    with EvalModel(gguf, n_ctx=512, threads=2) as model:
+    with BatchedGenerator(gguf, parallel=1, n_ctx=512, threads=2) as model:
         gen = model.generate(messages, max_tokens=6)
-        nll, n = model.reference_nll(gen.prompt, reference)  # reuses the generation's prompt logits
-        again, _ = model.reference_nll(gen.prompt, reference, fresh=True)
-    expected = independent_nll(gguf, messages, reference)
+        nll, n = model.reference_nll(gen.prompt, reference)  # the prompt's cells reused from the answer
+        other = model.generate([{"role": "user", "content": "Count to three."}], max_tokens=6)
+        again, _ = model.reference_nll(gen.prompt, reference)  # the seat now held another prompt
+    expected = independent_nll(gguf, messages, reference, flash_attn=True)
     assert abs(nll - expected) < 1e-4 and abs(again - expected) < 1e-4
-    assert n >= 3 and gen.tokens >= 1 and gen.ttft_s > 0
+    assert n >= 3 and gen.tokens >= 1 and gen.ttft_s > 0 and other.tokens >= 1
 
 
 def test_overlap_metrics_on_known_strings() -> None:

@@ -34,7 +34,7 @@ from appliance.evaluation.model import (
 class BatchedGenerator:
     """The GGUF at `path` served to up to `parallel` (>= 1) questions at once, each with up to
     `n_ctx` tokens (prompt + answer), decoded with `threads` llama.cpp threads (default all cores);
-    the KV cache holds parallel x n_ctx cells. `chat_template`: as EvalModel's (None: the GGUF's
+    the KV cache holds parallel x n_ctx cells. `chat_template`: Jinja text to render prompts with (None: the GGUF's
     own). `lora_path`: a GGUF LoRA adapter every question is decoded with, added to the engine as
     the inference server adds an adapter deployment. `compute`: a lock held around every decode, to
     share with other llama.cpp work of this process (two decodes at once on the same cores only slow

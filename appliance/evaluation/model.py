@@ -7,7 +7,7 @@ the GGUF's `tokenizer.chat_template`, with llama-cpp-python's Jinja formatter), 
 captured by the server's `PromptGuard` on its way to `create_completion`. Generation (`answer`) is a
 streamed temperature-0 chat completion (greedy), the sampling a kiosk gets when it asks for
 temperature 0; `run.evaluate` answers through the kiosk server's continuous batching
-(appliance/evaluation/batched.py), `EvalModel.generate` one question at a time on this Llama.
+(appliance/evaluation/batched.py).
 
 Reference NLL (nats per token): with P the prompt tokens and R the reference's tokens followed by
 the end-of-turn token E (the EOS token the chat handler stops on, `<|im_end|>` for ChatML models;
@@ -15,24 +15,16 @@ a fine-tune must also learn to stop, so stopping is scored), NLL = -1/|R+E| * su
 softmax(logits[|P|-1+i])[t_i] over t = R+E. R is found by tokenizing the prompt's text followed by
 the reference and checking that the prompt's tokens are a prefix of the result (so R is how the
 model would see the reference after the prompt); when a merge crosses the boundary (not seen with
-BPE templates ending in a newline), R is the reference tokenized alone. The tokens this Llama already
-holds (the last question's, or this prompt after `generate`) are kept as far as they agree with P+R+E,
-with their logits (logits_all keeps every row): only the rest is evaluated, so consecutive questions
-share the chat template's preamble (with the default system prompt: 24 of the bench's 35-38 prompt tokens).
-`run.evaluate` scores on the batched engine itself (`BatchedGenerator.reference_nll`: the same
-formula on the logits rows the engine computes for P+R, P's cells reused from the answer just
-generated, so only R+E is decoded); `EvalModel.reference_nll` is the one-model-at-a-time way.
+BPE templates ending in a newline), R is the reference tokenized alone. `run.evaluate` scores on the
+batched engine itself (`BatchedGenerator.reference_nll`: the formula on the logits rows the engine
+computes for P+R, P's cells reused from the answer just generated, so only R+E is decoded).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from appliance.inference.calls import PromptGuard, chat_handler
 from appliance.inference.protocol import ChatRequest
@@ -49,20 +41,6 @@ class Generation:
     finish_reason: str | None
     ttft_s: float
     tokens_per_s: float | None  # None with fewer than 2 tokens (no interval to measure)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax of shape (n, vocab) in float64, stable: x - max - log(sum(exp(x - max)))."""
-    x = np.asarray(logits, dtype=np.float64)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # type: ignore[no-any-return]
-
-
-def token_nll(logits: np.ndarray, targets: list[int]) -> np.ndarray:
-    """Shape (n,): -log p(targets[i]) under logits[i] (shape (n, vocab)), nats."""
-    if len(targets) != len(logits):
-        raise ValueError(f"{len(logits)} logit rows for {len(targets)} targets")
-    return -log_softmax(logits)[np.arange(len(targets)), targets]  # type: ignore[no-any-return]
 
 
 def use_template(llm: Any, chat_template: str | None) -> None:
@@ -116,74 +94,6 @@ def reference_tokens(llm: Any, prompt: list[int], reference: str) -> list[int]:
     else:
         ref = llm.tokenize(reference.encode(), add_bos=False, special=False)
     return [*ref, llm.token_eos()]
-
-
-class EvalModel:
-    """A GGUF opened for evaluation. Not thread-safe (llama.cpp); one question at a time.
-
-    `chat_template`: Jinja text to render prompts with instead of the GGUF's own (default None: the
-    GGUF's `tokenizer.chat_template`, which is what kiosks get; exports write the run's template
-    into the GGUF). `threads`: default all cores. Raises FileNotFoundError / ValueError for a
-    missing or malformed GGUF (checked before llama.cpp opens it)."""
-
-    def __init__(self, path: Path, *, n_ctx: int = DEFAULT_CTX, threads: int | None = None, gpu_layers: int = 0,
-                 chat_template: str | None = None, lora_path: Path | None = None) -> None:
-        from appliance.inference.llm import open_served
-
-        self.path = path
-        self.llm = open_served(path, n_ctx=n_ctx, threads=threads or os.cpu_count() or 1, gpu_layers=gpu_layers,
-                               logits_all=True, lora_path=lora_path)
-        use_template(self.llm, chat_template)
-
-    def close(self) -> None:
-        self.llm.close()
-
-    def __enter__(self) -> EvalModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def generate(self, messages: list[dict[str, str]], max_tokens: int = DEFAULT_MAX_TOKENS) -> Generation:
-        """One question answered on this Llama alone (see `answer`)."""
-        return answer(self.llm, messages, max_tokens)
-
-    def reference_tokens(self, prompt: list[int], reference: str) -> list[int]:
-        """The reference's tokens as they follow `prompt`, then the end-of-turn (EOS) token."""
-        return reference_tokens(self.llm, prompt, reference)
-
-    def reference_nll(self, prompt: list[int], reference: str, *, fresh: bool = False) -> tuple[float, int]:
-        """(mean NLL in nats per token, tokens scored) of `reference` + end of turn after `prompt`.
-
-        Reuses the tokens (and logits) this Llama holds as far as they agree with prompt +
-        reference; fresh=True evaluates everything again. Raises ValueError when prompt +
-        reference do not fit the context."""
-        llm = self.llm
-        target = self.reference_tokens(prompt, reference)
-        if len(prompt) + len(target) > llm.n_ctx():
-            raise ValueError(f"prompt ({len(prompt)}) + reference ({len(target)}) tokens exceed the context "
-                             f"of {llm.n_ctx()}")
-        if fresh:
-            llm.reset()
-        # Rows of scores before n_tokens stay valid for the same tokens at the same places; at least
-        # the target is evaluated again (after `generate` the cache holds the answer there instead).
-        keep = min(_common(list(llm.input_ids[:llm.n_tokens]), prompt), len(prompt))
-        # eval() drops the KV cache from n_tokens on.
-        llm.n_tokens = keep
-        llm.eval([*prompt[keep:], *target])
-        start = len(prompt) - 1
-        logits = llm.scores[start:start + len(target)]
-        return float(token_nll(logits, target).mean()), len(target)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two token lists."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def as_messages(messages: list[Any]) -> list[dict[str, str]]:

@@ -37,14 +37,12 @@ class ServedLlama(Llama):  # type: ignore[misc]
             yield token
 
 
-def open_served(path: Path, *, n_ctx: int, threads: int, gpu_layers: int = 0, logits_all: bool = False,
+def open_served(path: Path, *, n_ctx: int, threads: int, gpu_layers: int = 0,
                 lora_path: Path | None = None) -> ServedLlama:
     """The GGUF at `path` checked (`check_gguf`: llama.cpp can abort the process on a malformed file),
-    then loaded as the kiosk server loads it. `logits_all` keeps every position's logits in
-    `.scores` (n_ctx x n_vocab float32, allocated lazily): needed to score a reference answer, not
-    to serve. Greedy generations were compared with and without it on the bundled model: the same
-    tokens. `lora_path`: a GGUF LoRA adapter applied on this model's own context (the batched server
-    applies adapters per sequence instead: appliance/inference/adapters.py). Raises
+    then loaded as the kiosk server loads it. `lora_path`: a GGUF LoRA adapter applied on this model's
+    own context (the batched server applies adapters per sequence instead:
+    appliance/inference/adapters.py). Raises
     FileNotFoundError / ValueError for a missing or malformed file, ValueError for an adapter llama.cpp
     cannot apply to this model."""
     longest_token = check_gguf(path)
@@ -52,4 +50,4 @@ def open_served(path: Path, *, n_ctx: int, threads: int, gpu_layers: int = 0, lo
         check_gguf(lora_path)
     return ServedLlama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                        n_gpu_layers=gpu_layers, verbose=False, max_token_bytes=longest_token or 1024,
-                       logits_all=logits_all, lora_path=str(lora_path) if lora_path else None)
+                       lora_path=str(lora_path) if lora_path else None)
