@@ -16,10 +16,8 @@ callers than `parallel` wait for a free seat inside the engine.
 
 from __future__ import annotations
 
-import functools
 import threading
 from pathlib import Path
-from typing import Any
 
 from appliance.evaluation.model import (
     DEFAULT_CTX,
@@ -27,7 +25,6 @@ from appliance.evaluation.model import (
     Generation,
     answer,
     reference_tokens,
-    use_template,
 )
 
 
@@ -46,6 +43,9 @@ class BatchedGenerator:
     def __init__(self, path: Path, *, parallel: int, n_ctx: int = DEFAULT_CTX, threads: int = 1,
                  gpu_layers: int = 0, chat_template: str | None = None, lora_path: Path | None = None,
                  compute: threading.Lock | None = None) -> None:
+        # Imported here: appliance.inference.batching loads llama.cpp, which the control plane
+        # (importing appliance.evaluation for its schemas) never needs.
+        from appliance.inference.batching import BatchedModel
         from appliance.inference.engine import LoadSpec, ModelInfo
         from appliance.inference.metrics import Metrics
 
@@ -53,8 +53,8 @@ class BatchedGenerator:
             raise ValueError(f"parallel must be at least 1, not {parallel}")
         self.compute = compute or threading.Lock()
         info = ModelInfo(key=f"eval:{path.name}", name=path.name, path=path, size=path.stat().st_size)
-        self.model = _eval_batch()(info, LoadSpec(n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers), 0, Metrics(),
-                                self.compute, parallel=parallel, chat_template=chat_template)
+        spec = LoadSpec(n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers, chat_template=chat_template)
+        self.model = BatchedModel(info, spec, 0, Metrics(), self.compute, parallel=parallel)
         self.adapter: str | None = None
         try:
             self.model.wait_ready()
@@ -97,25 +97,3 @@ class BatchedGenerator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@functools.cache
-def _eval_batch() -> type:
-    """Made on first use: appliance.inference.batching loads llama.cpp, which the control plane
-    (importing appliance.evaluation for its schemas) never needs."""
-    from appliance.inference.batching import BatchedModel
-
-    class EvalBatch(BatchedModel):
-        """The kiosk server's batched model, with the evaluation's chat template installed on load."""
-
-        def __init__(self, *args: Any, chat_template: str | None, **kwargs: Any) -> None:
-            self.chat_template = chat_template  # before the model's thread starts (in super().__init__)
-            super().__init__(*args, **kwargs)
-
-        def _open(self, n_ctx: int | None = None, lora: Path | None = None) -> Any:
-            llm = super()._open(n_ctx, lora)
-            use_template(llm, self.chat_template)
-            return llm
-
-    return EvalBatch
-

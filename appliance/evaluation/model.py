@@ -43,20 +43,6 @@ class Generation:
     tokens_per_s: float | None  # None with fewer than 2 tokens (no interval to measure)
 
 
-def use_template(llm: Any, chat_template: str | None) -> None:
-    """Render `llm`'s chat prompts with the Jinja `chat_template` instead of the GGUF's own (None:
-    leave the GGUF's, what kiosks get). Sets the chat handler on the Llama, where
-    `calls.chat_handler` (and so the batched engine's `BatchedLlama`) looks first."""
-    if chat_template is None:
-        return
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
-    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
-    llm.chat_handler = Jinja2ChatFormatter(template=chat_template, eos_token=eos, bos_token=bos,
-                                           stop_token_ids=[llm.token_eos()]).to_chat_handler()
-
-
 def answer(llm: Any, messages: list[dict[str, str]], max_tokens: int) -> Generation:
     """Greedy streamed chat completion of `messages` on `llm` (a ServedLlama, or a batched
     engine's per-request `BatchedLlama`), as the kiosk server runs one, timed from this call:

@@ -40,11 +40,13 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """How a model is opened (appliance/inference/llm.py open_served): context tokens, threads, GPU layers."""
+    """How a model is opened (appliance/inference/llm.py open_served): context tokens, threads, GPU layers,
+    chat template."""
 
     n_ctx: int
     threads: int
     gpu_layers: int = 0
+    chat_template: str | None = None  # Jinja text replacing the GGUF's (an evaluation's override)
 
 
 @dataclass
@@ -116,7 +118,7 @@ class ModelHost:
         from appliance.inference.llm import open_served
 
         return open_served(self.info.path, n_ctx=n_ctx or self.spec.n_ctx, threads=self.threads,
-                           gpu_layers=self.spec.gpu_layers, lora_path=lora)
+                           gpu_layers=self.spec.gpu_layers, lora_path=lora, chat_template=self.spec.chat_template)
 
     def _main(self) -> None:
         raise NotImplementedError

@@ -38,16 +38,31 @@ class ServedLlama(Llama):  # type: ignore[misc]
 
 
 def open_served(path: Path, *, n_ctx: int, threads: int, gpu_layers: int = 0,
-                lora_path: Path | None = None) -> ServedLlama:
+                lora_path: Path | None = None, chat_template: str | None = None) -> ServedLlama:
     """The GGUF at `path` checked (`check_gguf`: llama.cpp can abort the process on a malformed file),
     then loaded as the kiosk server loads it. `lora_path`: a GGUF LoRA adapter applied on this model's
     own context (the batched server applies adapters per sequence instead:
-    appliance/inference/adapters.py). Raises
+    appliance/inference/adapters.py). `chat_template`: Jinja text its chat prompts are rendered with
+    instead of the GGUF's own (an evaluation's override; None: the GGUF's, what kiosks get). Raises
     FileNotFoundError / ValueError for a missing or malformed file, ValueError for an adapter llama.cpp
     cannot apply to this model."""
     longest_token = check_gguf(path)
     if lora_path is not None:
         check_gguf(lora_path)
-    return ServedLlama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                       n_gpu_layers=gpu_layers, verbose=False, max_token_bytes=longest_token or 1024,
-                       lora_path=str(lora_path) if lora_path else None)
+    llm = ServedLlama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                      n_gpu_layers=gpu_layers, verbose=False, max_token_bytes=longest_token or 1024,
+                      lora_path=str(lora_path) if lora_path else None)
+    if chat_template is not None:
+        _use_template(llm, chat_template)
+    return llm
+
+
+def _use_template(llm: ServedLlama, chat_template: str) -> None:
+    """The chat handler set on the Llama, where `calls.chat_handler` (and so the batched engine's
+    `BatchedLlama`) looks first."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
+    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+    llm.chat_handler = Jinja2ChatFormatter(template=chat_template, eos_token=eos, bos_token=bos,
+                                           stop_token_ids=[llm.token_eos()]).to_chat_handler()
