@@ -119,6 +119,37 @@ def test_a_cancelled_stream_frees_its_sequence(server: Server) -> None:
     assert ask(client, PROMPTS[0], max_tokens=5)[1] == "length"
 
 
+def test_a_client_that_leaves_before_its_answer_frees_its_sequence(server: Server) -> None:
+    """An answer returned whole: uvicorn does not cancel a handler whose client left, so the server
+    watches for the disconnect itself (a 499 in the metrics) and cancels the sequence."""
+    import socket
+
+    from test_inference import KEY
+
+    body = json.dumps({"model": "any", "messages": [{"role": "user", "content": PROMPTS[2]}], "max_tokens": 900,
+                       "temperature": 0.9, "seed": 3, "logit_bias": {"2": -100}}).encode()  # 2: <|im_end|>
+    gone = r'^appliance_inference_requests_total\{code="499",endpoint="/v1/chat/completions"\} (\S+)$'
+    before = re.search(gone, httpx.get(f"{server.base}/metrics").text, re.M)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    deadline = time.monotonic() + WAIT_S
+    while metric(server, "appliance_inference_sequences") != 1:
+        assert time.monotonic() < deadline, "the request never started generating"
+        time.sleep(0.02)
+    sock.close()
+    while True:
+        found = re.search(gone, httpx.get(f"{server.base}/metrics").text, re.M)
+        if found and float(found.group(1)) == (float(before.group(1)) if before else 0) + 1:
+            break
+        assert time.monotonic() < deadline, "the server did not see the client leave"
+        time.sleep(0.05)
+    while metric(server, "appliance_inference_sequences") != 0:
+        assert time.monotonic() < deadline, "the sequence of a client that left was not freed"
+        time.sleep(0.05)
+    assert ask(server.client(), PROMPTS[0], max_tokens=5)[1] == "length"
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_context_overflow_is_a_400_with_token_counts(server: Server, stream: bool) -> None:
     client = server.client()

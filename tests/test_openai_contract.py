@@ -48,6 +48,11 @@ CHAT_REFUSED: list[tuple[str, Any, str]] = [
     ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "$ref":
                                                                                           "#/nowhere"}}},
      "response_format.json_schema.schema"),
+    # A NUL no token can produce: llama.cpp aborted the whole server at the answer's end.
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"const": "\u0000"}}},
+     "response_format.json_schema.schema"),
+    ("response_format", {"type": "json_object", "schema": {"type": "object", "properties": {"k\u0000": {}}}},
+     "response_format.schema"),
 ]
 COMPLETION_IMPLEMENTED = {"max_tokens", "temperature", "top_p", "seed", "stop", "n", "user", "presence_penalty",
                           "frequency_penalty", "logit_bias", "stream_options", "echo", "best_of"}

@@ -100,7 +100,9 @@ class Inference:
             if dep is None:
                 try:
                     served = served_file(session, self.rt.paths, artifact_id=None, base_model_id=BUNDLED_ID)
-                except Exception:  # noqa: BLE001  (no bundled model: nothing to serve until a deployment)
+                except Exception as exc:  # noqa: BLE001  (no bundled model: nothing to serve until a deployment)
+                    self.last_error = (f"nothing to serve: no deployment, and the bundled model is not imported in "
+                                       f"this data directory (`appliance api` or `appliance up` imports it) ({exc})")
                     return None
                 return ModelInfo(key=f"base:{BUNDLED_ID}", name=served.name, path=served.path, size=_size(served.path))
             served = served_file(session, self.rt.paths, artifact_id=dep.artifact_id, base_model_id=dep.base_model_id)

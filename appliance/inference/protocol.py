@@ -142,11 +142,29 @@ def _check_schema(schema: Any, param: str) -> None:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        json_schema_to_gbnf(json.dumps(schema))
+        nul = _holds_nul(schema)
+        if not nul:
+            json_schema_to_gbnf(json.dumps(schema))
     except RecursionError as exc:
         raise RequestError(f"{param}: nested too deeply", param) from exc
     except Exception as exc:  # noqa: BLE001  (the converter raises several types)
         raise RequestError(f"{param}: not a JSON schema this server can enforce ({exc})", param) from exc
+    if nul:
+        # No token's text holds a NUL (llama.cpp handles pieces as C strings), so the grammar can only
+        # end the answer where it may not end, and llama.cpp then aborts the whole process
+        # (llama_grammar_accept_impl: GGML_ABORT on an end-of-generation token the grammar refuses).
+        raise RequestError(f"{param}: holds a NUL character (\\u0000), which no token of the model can "
+                           "produce", param)
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 class CompletionRequest(_Sampling):

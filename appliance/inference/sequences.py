@@ -9,7 +9,8 @@ or `("error", Exception)`, on `events` (a thread-safe queue) or, for a streamed 
 the event loop by its `sink` (appliance/inference/streams.py).
 
 The sampler chain is built in llama-cpp-python's order (`Llama._init_sampler`), so a request
-samples what the serial server sampled with the same parameters: logit bias, penalties over the
+samples with the chain the serial server uses for the same parameters (the text can still differ: the
+batched context decodes with flash attention, which rounds differently): logit bias, penalties over the
 last 64 tokens, grammar, then greedy (temperature 0) or top-k, typical, top-p, min-p, temperature
 and a seeded draw.
 """

@@ -140,7 +140,7 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
             {"id": m.info.name, "object": "model", "created": int(m.info.path.stat().st_mtime), "owned_by": "appliance",
              "deployment_id": m.info.deployment_id, "artifact_id": m.info.artifact_id} for m in ordered]}
 
-    async def _run(body: ChatRequest | CompletionRequest, call: Any) -> Response:
+    async def _run(request: Request, body: ChatRequest | CompletionRequest, call: Any) -> Response:
         loop = asyncio.get_running_loop()
         job = Job(call=call, stream=bool(body.stream), loop=loop, chat=isinstance(body, ChatRequest),
                   usage=body.include_usage)
@@ -157,10 +157,12 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
         try:
             # Streamed too: the first item comes before any byte is sent, so a refusal found while
             # preparing the prompt (too long for the context, a template error) is a plain 400.
-            first = await job.out.get()
+            first = await _first(job, request)
         except asyncio.CancelledError:
             job.cancelled.set()
             raise
+        if first is GONE:
+            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
         if isinstance(first, Exception):
             job.cancelled.set()
             return _failure(first)
@@ -218,14 +220,14 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
         body: ChatRequest = protocol.parse(await _read(request), ChatRequest)
         messages = kiosk_messages.messages_of(body)
         call = chat_call(body, messages, body.response_format_for_llama(), kiosk_messages.text_bytes(messages))
-        return await _run(body, call)
+        return await _run(request, body, call)
 
     @app.post("/v1/completions", summary="Text completion (OpenAI-compatible, streaming with stream=true)",
               openapi_extra=protocol.openapi_body(CompletionRequest),
               responses=openapi.completion_responses(openapi.TextCompletion, "text completion"))
     async def completions(request: Request) -> Response:
         body: CompletionRequest = protocol.parse(await _read(request), CompletionRequest)
-        return await _run(body, completion_call(body, kiosk_messages.prompt_of(body)))
+        return await _run(request, body, completion_call(body, kiosk_messages.prompt_of(body)))
 
     _install_errors(app)
     generate = app.openapi
@@ -235,6 +237,36 @@ def create_inference_app(runtime: Runtime, *, start: bool = True) -> FastAPI:
 
     app.openapi = document  # type: ignore[method-assign]
     return app
+
+
+GONE = object()
+
+
+async def _first(job: Job, request: Request) -> Any:
+    """The job's first item (for an answer returned whole, the answer), or GONE when the client went
+    away before it came: the job is then cancelled, and its sequence freed at the next decode step
+    (uvicorn does not cancel a handler whose client left; a streamed answer's later chunks are
+    watched by StreamingResponse)."""
+    got = asyncio.ensure_future(job.out.get())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        got.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if got.done():
+        return got.result()
+    got.cancel()
+    job.cancelled.set()
+    return GONE
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body was read before: receive() waits for the end)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _failure(exc: BaseException) -> JSONResponse:
