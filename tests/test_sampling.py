@@ -11,7 +11,7 @@ import llama_cpp
 import pytest
 from llama_cpp import Llama
 
-from appliance.inference.sequences import PENALTY_LAST_N, Sampling
+from appliance.inference.sequences import PENALTY_LAST_N, GrammarDeadEnd, Sampling, sample
 from appliance.models.registry import bundled_gguf
 
 PROMPT = b"<|im_start|>user\nWrite a long story about a cat who counts the stars.<|im_end|>\n<|im_start|>assistant\n"
@@ -72,3 +72,30 @@ def test_pruning_before_the_penalties_changes_no_token(llm: Llama, kw: dict[str,
 ])
 def test_pruning_only_where_it_is_exact(kw: dict[str, Any], expected: int) -> None:
     assert Sampling(**kw)._prune() == expected
+
+
+def test_a_grammar_that_admits_no_token_fails_the_request_not_the_process(llm: Llama) -> None:
+    """A grammar asking for a character no token's text holds (here NUL): llama.cpp would accept a
+    token the grammar refuses and abort the process; the engine's sampling raises instead."""
+    llm.reset()
+    llm.eval(llm.tokenize(PROMPT, add_bos=False, special=True))
+    chain = Sampling(temperature=0, grammar='root ::= "{" [\\x00] "}"').chain(llm._model)
+    try:
+        assert sample(chain, llm._ctx.ctx, -1, llm.n_vocab(), grammar=True) == llm.tokenize(b"{", add_bos=False)[0]
+        llm.eval([llm.tokenize(b"{", add_bos=False)[0]])
+        with pytest.raises(GrammarDeadEnd):
+            sample(chain, llm._ctx.ctx, -1, llm.n_vocab(), grammar=True)
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+    # A grammar that can go on: the guarded path samples what llama_sampler_sample samples.
+    for seed in (1, 2):
+        llm.reset()
+        llm.eval(llm.tokenize(PROMPT, add_bos=False, special=True))
+        grammar = 'root ::= "The " [a-z]+ " " [a-z]+'
+        chains = [Sampling(temperature=0.9, seed=seed, grammar=grammar).chain(llm._model) for _ in range(2)]
+        try:
+            assert sample(chains[0], llm._ctx.ctx, -1, llm.n_vocab(), grammar=True) == \
+                llama_cpp.llama_sampler_sample(chains[1], llm._ctx.ctx, -1)
+        finally:
+            for chain in chains:
+                llama_cpp.llama_sampler_free(chain)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp
 
 from appliance.inference.seats import Seats
-from appliance.inference.sequences import Sequence
+from appliance.inference.sequences import GrammarDeadEnd, Sequence, sample
 
 if TYPE_CHECKING:
     import threading
@@ -89,7 +89,12 @@ class DecodeSteps:
                     seq.send(("scored", seq.nll))
                     self._free(seq, active, seats, "stop", keep=True)
                 continue
-            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx.ctx, index)
+            try:
+                token = sample(seq.sampler, self._ctx.ctx, index, self.llm.n_vocab(), seq.sampling.grammar is not None)
+            except GrammarDeadEnd as exc:
+                seq.fail(exc)
+                self._free(seq, active, seats, None)
+                continue
             if seq.accept(token, self.llm._model, buf):
                 self._free(seq, active, seats, None, keep=True)
 
