@@ -17,15 +17,19 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
+# A command failing under `set -e` says which one (CI shows only the end of the output).
+trap 'echo "offline install test: line $LINENO failed (exit $?): $BASH_COMMAND" >&2' ERR
 fail() { echo "offline install test: $*" >&2; exit 1; }
 log() { echo "[offline-install $(date +%H:%M:%S)] $*"; }
 mkdir -p "$WORK/b"
 tar -xf "$BUNDLE" -C "$WORK/b"
-[ "$(tar -tf "$BUNDLE" | head -1)" = SHA256SUMS ] || fail "SHA256SUMS is not the first entry of the tarball"
+[ "$(tar -tf "$BUNDLE" | sed -n 1p)" = SHA256SUMS ] || fail "SHA256SUMS is not the first entry of the tarball"
 
 log "a corrupted bundle is refused by the checksum step"
 cp -al "$WORK/b" "$WORK/bad"          # hard links: the altered file gets a new inode below
-victim="$(cd "$WORK/bad" && ls wheelhouse/*.whl | head -1)"
+# (not `ls | head -1`: under pipefail, ls killed by SIGPIPE once head has its line fails the test at random)
+wheels=("$WORK"/bad/wheelhouse/*.whl)
+victim="wheelhouse/$(basename "${wheels[0]}")"
 { cat "$WORK/bad/$victim"; printf 'x'; } > "$WORK/altered" && mv "$WORK/altered" "$WORK/bad/$victim"
 if "$WORK/bad/install.sh" --native --prefix "$WORK/p-bad" --data "$WORK/d-bad" > "$WORK/bad.out" 2>&1; then
   fail "install.sh accepted a bundle with an altered $victim"

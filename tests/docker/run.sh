@@ -8,8 +8,9 @@
 #   4. tests/docker/engine.py: install.sh into the engine, the whole loop through the ports, kills;
 #   5. tests/docker/offline_install.sh: install.sh --native in a network namespace with no network;
 #      a corrupted bundle, too little disk and a missing Docker refused with nothing installed.
-# Stops every process it started; exits non-zero when any step fails. RECORD=1 writes the measured
-# sizes and times to bench/results/packaging.json.
+# Stops every process it started; exits non-zero when any step fails, and then ends its output with
+# the engine's log and the failed step's last lines (CI keeps only the end of the output). RECORD=1
+# writes the measured sizes and times to bench/results/packaging.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -43,11 +44,24 @@ stop_engine() {
     for _ in $(seq 60); do [ -e "/proc/$(cat "$WORK/dockerd.pid" 2>/dev/null || echo 0)" ] || break; sleep 1; done
   fi
   grep -o "$WORK/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  [ $rc = 0 ] || { echo "--- dockerd log (tail)"; tail -20 "$WORK/dockerd.log" 2>/dev/null; }
+  if [ $rc != 0 ]; then
+    echo "--- dockerd log (tail)"; tail -20 "$WORK/dockerd.log" 2>/dev/null
+    if [ -n "$STEP" ]; then
+      echo "--- the output of the step that failed, $STEP (tail)"; tail -60 "$WORK/step.log" 2>/dev/null
+      echo "test-docker FAILED in step: $STEP (exit $rc)"
+    fi
+  fi
   rm -rf "$WORK"
   exit $rc
 }
 trap stop_engine EXIT
+STEP=""
+# step NAME CMD...: runs CMD with its output also kept in $WORK/step.log (shown again if it fails).
+step() {
+  STEP="$1"; shift
+  "$@" 2>&1 | tee "$WORK/step.log"
+  STEP=""
+}
 
 echo "==> starting a Docker engine ($WORK)"
 dockerd --data-root "$WORK/root" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" -H "$DOCKER_HOST" \
@@ -58,12 +72,12 @@ docker version --format 'engine {{.Server.Version}}, client {{.Client.Version}}'
 docker compose version
 
 t0=$(date +%s)
-bash docker/build.sh base-image cpu
-bash docker/build.sh wheelhouse cpu
+step "base image" bash docker/build.sh base-image cpu
+step "wheelhouse" bash docker/build.sh wheelhouse cpu
 t1=$(date +%s)
-bash docker/build.sh image cpu
+step "image" bash docker/build.sh image cpu
 t2=$(date +%s)
-bash docker/build.sh bundle cpu
+step "bundle" bash docker/build.sh bundle cpu
 t3=$(date +%s)
 VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)"
 BUNDLE="dist/appliance-$VERSION-cpu.tar"
@@ -71,8 +85,8 @@ IMAGE_BYTES="$(docker image inspect -f '{{.Size}}' "appliance:$VERSION-cpu")"
 # install.sh must load the image from the bundle, not find it already there.
 docker image rm "appliance:$VERSION-cpu" >/dev/null
 
-.venv/bin/python tests/docker/engine.py "$BUNDLE" --results "$WORK/engine.json"
-bash tests/docker/offline_install.sh "$BUNDLE" "$WORK/offline.json"
+step "engine test (tests/docker/engine.py)" .venv/bin/python -u tests/docker/engine.py "$BUNDLE" --results "$WORK/engine.json"
+step "offline install test (tests/docker/offline_install.sh)" bash tests/docker/offline_install.sh "$BUNDLE" "$WORK/offline.json"
 
 .venv/bin/python - "$WORK" "$IMAGE_BYTES" $((t1 - t0)) $((t2 - t1)) $((t3 - t2)) <<'PY' > "$WORK/packaging.json"
 import json, sys
