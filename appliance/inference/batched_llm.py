@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from appliance.inference.sequences import Sampling, Sequence
+from appliance.inference.sequences import Sampling, Sequence, ends
 
 if TYPE_CHECKING:
     from appliance.inference.batching import BatchedModel
@@ -159,5 +159,5 @@ class _Collected:
 
     def post(self, events: list[tuple[Any, ...]]) -> None:
         self.events.extend(events)
-        if any(event[0] != "text" for event in events):
+        if ends(events):
             self.ended.set()

@@ -19,6 +19,7 @@ from appliance.inference.protocol import (
     CompletionRequest,
     ContextLengthExceeded,
     RequestError,
+    usage_chunk,
 )
 
 Call = Callable[[Any], Any]
@@ -145,8 +146,5 @@ def with_usage(chunks: Iterator[dict[str, Any]], llm: Any, prompt_tokens: int, o
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
-    completion = llm.generated
-    yield {"id": last.get("id", ""), "object": obj, "created": last.get("created", int(time.time())),
-           "model": last.get("model", ""), "choices": [],
-           "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                     "total_tokens": prompt_tokens + completion}}
+    yield usage_chunk({**last, "object": obj, "created": last.get("created", int(time.time()))},
+                      prompt_tokens, llm.generated)

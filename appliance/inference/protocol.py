@@ -42,6 +42,15 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def usage_chunk(head: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """OpenAI's last stream chunk when `stream_options.include_usage` asks: no choices, the usage.
+    `head`: the stream's other chunks, whose `id`, `object`, `created` and `model` it repeats."""
+    return {"id": head.get("id", ""), "object": head["object"], "created": head["created"],
+            "model": head.get("model", ""), "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False

@@ -161,6 +161,11 @@ class TextOut:
         return text
 
 
+def ends(events: list[tuple[Any, ...]]) -> bool:
+    """Whether a sequence's `events` hold its last one ("end" or "error": nothing follows)."""
+    return any(event[0] in ("end", "error") for event in events)
+
+
 @dataclass
 class Sequence:
     """One request in the batch. `prompt`: token ids; `max_tokens`: answer tokens at most;

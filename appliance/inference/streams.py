@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.inference.engine import END, Job
+from appliance.inference.protocol import usage_chunk
+from appliance.inference.sequences import ends
 
 
 class DirectStream:
@@ -42,7 +44,7 @@ class DirectStream:
     def post(self, events: list[tuple[Any, ...]]) -> None:
         """Batch thread: hand `events` to the event loop."""
         self.job.loop.call_soon_threadsafe(self._deliver, events)
-        if any(event[0] != "text" for event in events):
+        if ends(events):
             self.done()
 
     def _deliver(self, events: list[tuple[Any, ...]]) -> None:
@@ -59,11 +61,7 @@ class DirectStream:
                 continue
             put(self._chunk({} if self.job.chat else "", event[1]))
             if self.job.usage:
-                generated = event[2]
-                put({"id": self._head["id"], "object": self._head["object"], "created": self._head["created"],
-                     "model": self._head["model"], "choices": [],
-                     "usage": {"prompt_tokens": self._prompt_tokens, "completion_tokens": generated,
-                               "total_tokens": self._prompt_tokens + generated}})
+                put(usage_chunk(self._head, self._prompt_tokens, event[2]))
             put(END)
 
     def _chunk(self, content: Any, reason: str | None) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import typer
 from sqlmodel import Session
 
+from appliance.cli.common import checked, fail, get_runtime, show
+
 evaluations_app = typer.Typer(help="Evaluations of models on eval sets.", no_args_is_help=True)
 SHOWN = ("nll", "perplexity", "rouge_l", "token_f1", "exact_match", "retention", "ttft_s", "tokens_per_s")
 
@@ -41,19 +43,18 @@ def evaluate(
     latency. The worker runs it (`appliance up`); an evaluation already made is reused."""
     from tqdm import tqdm
 
-    from appliance.cli import _checked, _fail, _print, _runtime
     from appliance.errors import NotFoundError
     from appliance.jobs import evaluations, gate
 
-    runtime = _runtime()
+    runtime = get_runtime()
     if dataset is None:
         with Session(runtime.engine) as session:
             found = gate.site_eval_set(session)
         if found is None:
-            raise _fail(NotFoundError("no eval set: add one with `appliance datasets add FILE --purpose eval`, "
+            raise fail(NotFoundError("no eval set: add one with `appliance datasets add FILE --purpose eval`, "
                                       "or name a dataset with --dataset"))
         dataset = found.id
-    ev, created = _checked(lambda: evaluations.request_evaluation(
+    ev, created = checked(lambda: evaluations.request_evaluation(
         engine=runtime.engine, paths=runtime.paths, dataset_id=str(dataset), artifact_id=artifact,
         base_model_id=base))
     if not created:
@@ -68,7 +69,7 @@ def evaluate(
             bar.n = info["questions_done"]
             bar.refresh()
         bar.close()
-    _print({k: v for k, v in info.items() if k != "intervals"})
+    show({k: v for k, v in info.items() if k != "intervals"})
     _table(info)
     if info["status"] == "failed":
         raise typer.Exit(1)
@@ -82,13 +83,12 @@ def compare(
 ) -> None:
     """Two evaluations of the same eval set side by side: per metric the change with its 95% interval and
     a verdict (better / no worse / worse); the questions whose answers changed most."""
-    from appliance.cli import _checked, _runtime
     from appliance.errors import ConflictError
     from appliance.evaluation.compare import compare as run_compare
     from appliance.evaluation.export import comparison_csv, comparison_json, evaluation_from_json
     from appliance.jobs import evaluations
 
-    runtime = _runtime()
+    runtime = get_runtime()
 
     def load(evaluation_id: str) -> Any:
         with Session(runtime.engine) as session:
@@ -101,7 +101,7 @@ def compare(
         except ValueError as exc:
             raise ConflictError(f"cannot compare {baseline} and {candidate}: {exc}") from exc
 
-    comparison = _checked(both)
+    comparison = checked(both)
     typer.echo(f"{comparison.baseline}  ->  {comparison.candidate}")
     for m in comparison.metrics:
         typer.echo(f"  {m.metric:<13} {m.baseline:9.4f} -> {m.candidate:9.4f}  change {m.diff:+.4f} "
@@ -118,10 +118,9 @@ def compare(
 @evaluations_app.command("list")
 def evaluations_list() -> None:
     """Evaluations, newest first."""
-    from appliance.cli import _runtime
     from appliance.jobs.evaluations import list_evaluations, metrics
 
-    runtime = _runtime()
+    runtime = get_runtime()
     with Session(runtime.engine) as session:
         for e in list_evaluations(session):
             m = metrics(e)
@@ -132,11 +131,10 @@ def evaluations_list() -> None:
 @evaluations_app.command("show")
 def evaluations_show(evaluation_id: str) -> None:
     """One evaluation: status and metrics with their intervals."""
-    from appliance.cli import _checked, _print, _runtime
 
-    runtime = _runtime()
-    info = _checked(lambda: _public(runtime, evaluation_id))
-    _print({k: v for k, v in info.items() if k != "intervals"})
+    runtime = get_runtime()
+    info = checked(lambda: _public(runtime, evaluation_id))
+    show({k: v for k, v in info.items() if k != "intervals"})
     _table(info)
 
 
@@ -146,18 +144,17 @@ def evaluations_questions(
     csv: Annotated[Path | None, typer.Option(help="Write them as CSV to this file instead")] = None,
 ) -> None:
     """Every question of a succeeded evaluation: answer, reference, scores."""
-    from appliance.cli import _checked, _runtime
     from appliance.evaluation.export import evaluation_csv, evaluation_from_json
     from appliance.jobs import evaluations
 
-    runtime = _runtime()
+    runtime = get_runtime()
 
     def load() -> Any:
         with Session(runtime.engine) as session:
             path = evaluations.result_file(runtime.paths, evaluations.get_evaluation(session, evaluation_id))
         return evaluation_from_json(path.read_bytes())
 
-    result = _checked(load)
+    result = checked(load)
     if csv is not None:
         csv.write_text(evaluation_csv(result))
         return
@@ -169,9 +166,8 @@ def evaluations_questions(
 @evaluations_app.command("rm")
 def evaluations_rm(evaluation_id: str) -> None:
     """Delete an evaluation and its files."""
-    from appliance.cli import _checked, _runtime
     from appliance.jobs.evaluations import delete_evaluation
 
-    runtime = _runtime()
-    _checked(lambda: delete_evaluation(engine=runtime.engine, paths=runtime.paths, evaluation_id=evaluation_id))
+    runtime = get_runtime()
+    checked(lambda: delete_evaluation(engine=runtime.engine, paths=runtime.paths, evaluation_id=evaluation_id))
     typer.echo(f"deleted {evaluation_id}")
