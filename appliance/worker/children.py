@@ -37,7 +37,7 @@ from appliance.child_protocol import (
     TrainSpec,
 )
 from appliance.db.tables import Artifact, Dataset, Evaluation, ModelRecord, Run
-from appliance.jobs import evaluations, exports, gate, runs
+from appliance.jobs import evaluations, export_work, exports, gate, runs
 from appliance.jobs.queue import JobQueue
 from appliance.trainer.allocator import training_env
 from appliance.trainer.config import TrainConfig
@@ -201,7 +201,7 @@ class Export(ChildKind):
 
     def prepare(self, row: Artifact) -> Launch:
         paths = self.rt.paths
-        spec = exports.spec_for(engine=self.rt.engine, paths=paths, art=row, serving=self.serving)
+        spec = export_work.spec_for(engine=self.rt.engine, paths=paths, art=row, serving=self.serving)
         self.discard(row.id)
         spec.work_dir.mkdir(parents=True)
         paths.export_spec(row.id).write_text(spec.model_dump_json(indent=2))
@@ -211,11 +211,12 @@ class Export(ChildKind):
                       f"--- attempt {row.attempts}: {row.kind} {row.type}\n")
 
     def fail(self, job_id: str, error: str) -> str:
-        return exports.finish(engine=self.rt.engine, paths=self.rt.paths, artifact_id=job_id, done=None, error=error)
+        return export_work.finish(engine=self.rt.engine, paths=self.rt.paths, artifact_id=job_id, done=None,
+                                  error=error)
 
     def finish(self, job: Job, code: int, reason: str) -> str:
         ok = code == 0 and isinstance(job.done, ExportDone) and job.error is None
-        status = exports.finish(engine=self.rt.engine, paths=self.rt.paths, artifact_id=job.job_id,
+        status = export_work.finish(engine=self.rt.engine, paths=self.rt.paths, artifact_id=job.job_id,
                                 done=job.done if ok and isinstance(job.done, ExportDone) else None,
                                 error=None if ok else reason,
                                 verification=job.failed.verification if job.failed else None)
