@@ -52,7 +52,7 @@ def test_models_list_and_token(data_dir: Path) -> None:
 
 def test_migrate_command(tmp_path: Path) -> None:
     res = appliance(tmp_path / "fresh", "migrate")
-    assert res.returncode == 0 and "at revision 0008" in res.stdout
+    assert res.returncode == 0 and "at revision 0009" in res.stdout
     down = appliance(tmp_path / "fresh", "migrate", "--down", "--revision", "base")
     assert down.returncode == 0 and "at revision None" in down.stdout
 

@@ -21,7 +21,9 @@ from test_restart_faults import power_cut, wait_for, worker_process
 
 from appliance.api.app import create_app
 from appliance.bootstrap import Runtime, bootstrap
-from appliance.db.tables import Event
+from appliance.db.engine import write_session
+from appliance.db.tables import Evaluation, Event
+from appliance.evaluation.schemas import engine_id
 from appliance.jobs import deployments
 from appliance.models.registry import BUNDLED_ID
 
@@ -145,6 +147,38 @@ def test_evaluation_requests_are_checked_and_reused(box: tuple[TestClient, Runti
     assert c.get("/api/evaluations/eval_nope").status_code == 404
     # The same file uploaded again as a training set stays an eval set; as eval again, the same dataset.
     assert c.post("/api/datasets", files={"file": ("g.jsonl", jsonl(EVAL_SET))}).json()["purpose"] == "eval"
+
+
+def test_an_evaluation_by_another_engine_is_neither_reused_nor_compared(box: tuple[TestClient, Runtime]) -> None:
+    """After an upgrade (another llama.cpp rounds differently), a stored evaluation is evaluated again
+    rather than reused, as the gate would reuse it, and comparing it with a fresh one is refused."""
+    c, runtime = box
+    eval_ds = upload_eval_set(c)
+    body = {"dataset_id": eval_ds, "base_model_id": BUNDLED_ID}
+    first = c.post("/api/evaluations", json=body).json()
+    drive_worker(runtime, lambda: c.get(f"/api/evaluations/{first['id']}").json()["status"] == "succeeded")
+    done = c.get(f"/api/evaluations/{first['id']}").json()
+    assert done["engine"] == engine_id() and engine_id().startswith("batched-fa ")
+    assert c.post("/api/evaluations", json=body).json()["id"] == first["id"]  # the same engine: reused
+
+    # Made by the engine before this one: its row and its result file say so.
+    stale = "batched-fa 1, llama-cpp-python 0.3.0"
+    with write_session(runtime.engine) as session:
+        row = session.get(Evaluation, first["id"])
+        assert row is not None
+        row.engine = stale
+    result = runtime.paths.evaluation(first["id"]).result
+    result.write_text(json.dumps({**json.loads(result.read_text()), "engine": stale}))
+
+    again = c.post("/api/evaluations", json=body)
+    assert again.status_code == 202 and again.json()["id"] != first["id"], again.text
+    assert again.json()["status"] == "queued"
+    drive_worker(runtime, lambda: c.get(f"/api/evaluations/{again.json()['id']}").json()["status"] == "succeeded")
+    cmp = c.get("/api/evaluations/compare", params={"baseline": first["id"], "candidate": again.json()["id"]})
+    assert cmp.status_code == 409, cmp.text
+    assert "different engines" in cmp.json()["detail"] and stale in cmp.json()["detail"], cmp.text
+    listed = {e["id"]: e for e in c.get("/api/evaluations", params={"dataset_id": eval_ds}).json()}
+    assert listed[first["id"]]["engine"] == stale  # kept, and shown for what it is
 
 
 def test_an_evaluation_killed_with_its_worker_resumes_where_it_stopped(box: tuple[TestClient, Runtime]) -> None:

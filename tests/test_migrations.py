@@ -26,7 +26,7 @@ TABLES = {
 def test_upgrade_to_head_and_downgrade_to_base(tmp_path: Path) -> None:
     paths = Paths.from_data_dir(tmp_path / "data")
     migrate.upgrade(paths)
-    assert migrate.current_revision(paths) == "0008"
+    assert migrate.current_revision(paths) == "0009"
     engine = create_engine(paths.db_url)
     assert set(inspect(engine).get_table_names()) == TABLES
     with engine.connect() as conn:

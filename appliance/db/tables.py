@@ -217,6 +217,7 @@ class Evaluation(SQLModel, table=True):
     model_name: str
     status: str = "queued"
     eval_set: str | None = None  # fingerprint of the rows (appliance/evaluation/schemas.py)
+    engine: str | None = None  # what computed the figures (schemas.engine_id); None: older than the field
     questions_done: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     questions_total: int | None = None
     metrics_json: str | None = None  # {metric: {mean, low, high, n}} once succeeded

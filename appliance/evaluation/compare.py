@@ -69,11 +69,16 @@ def _applies(q: QuestionResult, metric: str) -> bool:
 def compare(baseline: EvaluationResult, candidate: EvaluationResult, *,
             margins: Mapping[str, float] | None = None, resamples: int = stats.RESAMPLES,
             seed: int = stats.SEED) -> Comparison:
-    """Compare two evaluations of the same eval set (ValueError when their `eval_set` differ).
+    """Compare two evaluations of the same eval set by the same engine (ValueError when their `eval_set`
+    or `engine` differ: another llama.cpp rounds differently).
     Questions are paired by id; a metric only one side has (e.g. retention, when the other was
     run without the probe) is left out. `margins` override DEFAULT_MARGINS per metric."""
     if baseline.eval_set != candidate.eval_set:
         raise ValueError("the two evaluations are not of the same eval set")
+    if baseline.engine != candidate.engine:
+        old = "an older one"
+        raise ValueError(f"the two evaluations were computed by different engines ({baseline.engine or old}; "
+                         f"{candidate.engine or old}): evaluate the older model again to compare them")
     margin_of = {**DEFAULT_MARGINS, **(margins or {})}
     theirs = {q.id: q for q in candidate.questions}
     pairs = [(q, theirs[q.id]) for q in baseline.questions if q.id in theirs]

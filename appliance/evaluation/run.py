@@ -33,7 +33,15 @@ from appliance.evaluation import overlap, stats
 from appliance.evaluation.batched import BatchedGenerator
 from appliance.evaluation.model import DEFAULT_CTX, DEFAULT_MAX_TOKENS, as_messages
 from appliance.evaluation.retention import load_probe
-from appliance.evaluation.schemas import EvalRow, EvaluationResult, Interval, QuestionResult, RowSet, fingerprint
+from appliance.evaluation.schemas import (
+    EvalRow,
+    EvaluationResult,
+    Interval,
+    QuestionResult,
+    RowSet,
+    engine_id,
+    fingerprint,
+)
 
 Progress = Callable[[QuestionResult, int, int], None]  # (result, questions scored so far, total)
 RETENTION_MAX_TOKENS = 48  # probe answers are a word or a sentence
@@ -139,7 +147,8 @@ def evaluate(model_path: Path, rows: Sequence[EvalRow], *, lora_path: Path | Non
                     if progress is not None:
                         progress(result, len(results), len(questions))
     ordered = [results[i] for i in sorted(results)]
-    return EvaluationResult(model=model_name or model_path.name, eval_set=fingerprint(list(rows)), questions=ordered,
+    return EvaluationResult(model=model_name or model_path.name, eval_set=fingerprint(list(rows)), engine=engine_id(),
+                            questions=ordered,
                             metrics=summarize(ordered, resamples=resamples, seed=seed),
                             seconds=time.monotonic() - started)
 

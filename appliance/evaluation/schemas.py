@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
+from functools import cache
+from importlib import metadata
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -48,6 +50,24 @@ class EvalRow(BaseModel):
     @property
     def question(self) -> str:
         return self.messages[-1].content
+
+
+# What computes the figures: bump it when the evaluation's engine changes how they come out (2: the
+# batched engine, a KV stream per sequence with flash attention; 1 and none: the serial Llama before it).
+ENGINE_REVISION = 2
+
+
+@cache
+def engine_id() -> str:
+    """The engine that computes an evaluation's figures, e.g. "batched-fa 2, llama-cpp-python 0.3.36".
+    Two evaluations are compared, and an evaluation is reused, only when theirs are equal: another
+    llama.cpp (an upgrade of the appliance) rounds differently, and a deployment gate comparing a fresh
+    evaluation with a stale one would judge the engines, not the models."""
+    try:
+        version = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"batched-fa {ENGINE_REVISION}, llama-cpp-python {version}"
 
 
 def fingerprint(rows: list[EvalRow]) -> str:
@@ -97,6 +117,7 @@ class Interval(BaseModel):
 class EvaluationResult(BaseModel):
     model: str = Field(description="What was evaluated (a file name or an id)")
     eval_set: str = Field(description="fingerprint() of the rows evaluated")
+    engine: str | None = Field(None, description="engine_id() of what computed it (None: older than the field)")
     questions: list[QuestionResult]
     metrics: dict[str, Interval] = Field(
         default_factory=dict, description="nll, perplexity, rouge_l, token_f1, exact_match (eval rows), "

@@ -4,7 +4,8 @@ worker child (appliance/evaluation/job.py) with the engine and chat template kio
 Resumable: each scored question is appended to `evaluations/<id>/questions.jsonl` as it is scored,
 so an evaluation taken back (worker gone) goes on where it stopped; the result file is renamed into
 place only when every question is scored, and only then is the row `succeeded` with its metrics.
-Asking again for an evaluation that is queued, running or succeeded returns that one (reuse).
+Asking again for an evaluation that is queued, running or succeeded returns that one (reuse); a
+succeeded one only when the engine running now computed it (after an upgrade, it is evaluated again).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from appliance.child_protocol import EvalDone
 from appliance.db import events
@@ -65,10 +66,14 @@ def list_evaluations(session: Session, *, dataset_id: str | None = None, artifac
 
 def find(session: Session, *, artifact_id: str | None, base_model_id: str | None, dataset_id: str,
          statuses: tuple[str, ...] = ("queued", "running", "succeeded")) -> Evaluation | None:
-    """The newest evaluation of this model on this dataset in one of `statuses`."""
+    """The newest evaluation of this model on this dataset in one of `statuses`; a succeeded one only
+    when the engine running now computed it (schemas.engine_id: another one's figures are not comparable)."""
+    from appliance.evaluation.schemas import engine_id
+
+    current = or_(col(Evaluation.status) != EvaluationStatus.succeeded, Evaluation.engine == engine_id())
     return session.exec(
         select(Evaluation).where(Evaluation.artifact_id == artifact_id, Evaluation.base_model_id == base_model_id,
-                                 Evaluation.dataset_id == dataset_id, col(Evaluation.status).in_(statuses))
+                                 Evaluation.dataset_id == dataset_id, col(Evaluation.status).in_(statuses), current)
         .order_by(col(Evaluation.created_at).desc())).first()
 
 
@@ -114,7 +119,9 @@ def finish(*, engine: Engine, evaluation_id: str, done: EvalDone | None, error: 
         if ev is None:
             return str(get_evaluation(session, evaluation_id).status)
         if done is not None and error is None:
-            ev.metrics_json, ev.eval_set = json.dumps(done.metrics), done.eval_set
+            from appliance.evaluation.schemas import engine_id
+
+            ev.metrics_json, ev.eval_set, ev.engine = json.dumps(done.metrics), done.eval_set, engine_id()
             ev.questions_done = ev.questions_total = done.questions
             QUEUE.end(session, ev, ok=True, message=f"{done.questions} questions in {done.seconds:.0f} s")
         else:

@@ -44,6 +44,9 @@ class EvaluationPublic(BaseModel):
                                       "(fractions 0-1), ttft_s, tokens_per_s")
     intervals: dict[str, dict[str, float]] = Field(description="Each metric's bootstrap 95% interval: mean, low, "
                                                    "high, n")
+    engine: str | None = Field(description="What computed the figures (llama-cpp-python's version, the "
+                               "engine's revision); evaluations are compared and reused only within one engine. "
+                               "None: queued or older than this field")
     error: str | None
     attempts: int
     created_at: datetime
@@ -56,8 +59,8 @@ class EvaluationPublic(BaseModel):
         return cls(id=ev.id, status=ev.status, artifact_id=ev.artifact_id, base_model_id=ev.base_model_id,
                    dataset_id=ev.dataset_id, model=ev.model_name, questions_done=ev.questions_done,
                    questions_total=ev.questions_total, metrics={k: v["mean"] for k, v in intervals.items()},
-                   intervals=intervals, error=ev.error, attempts=ev.attempts, created_at=ev.created_at,
-                   started_at=ev.started_at, finished_at=ev.finished_at)
+                   intervals=intervals, engine=ev.engine, error=ev.error, attempts=ev.attempts,
+                   created_at=ev.created_at, started_at=ev.started_at, finished_at=ev.finished_at)
 
 
 def _result(runtime: Runtime, evaluation_id: str) -> Any:
