@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,16 @@ def kiosk(page: Any, box: Appliance) -> None:
     expect(page.locator("#log .msg")).to_have_count(1, timeout=LONG)
     expect(page.locator("#log")).to_contain_text("Welcome to the clinic")
     assert page.evaluate("location.hash") == ""  # the key does not stay in the address bar
+    # An answer that breaks after its 200 (the server sends OpenAI's error chunk in the stream) is shown
+    # as a failure, not as a short answer, and is not kept in the conversation.
+    broken = ('data: {"choices": [{"index": 0, "delta": {"content": "The lab is"}, "finish_reason": null}]}\n\n'
+              'data: {"error": {"message": "generation failed", "type": "server_error"}}\n\n')
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=broken))
+    page.fill("#question", "Where is the lab?")
+    page.press("#question", "Enter")
+    failed = page.locator("#log .msg.assistant").last
+    expect(failed).to_have_attribute("data-streaming", "false", timeout=LONG)
+    expect(failed).to_have_class(re.compile(r"\berror\b"))
+    expect(failed).to_have_text("Sorry, something went wrong. Please try again.")
+    page.unroute("**/v1/chat/completions")

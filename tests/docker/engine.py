@@ -130,8 +130,10 @@ def main() -> int:
         assert box.api.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
         # The console and the kiosk page come from the installed wheel in the image: every file they load.
         for client, paths in [(box.api, ["/", "/static/js/main.js", "/static/js/pages/runs.js", "/static/i18n/zh.json",
-                                         "/static/vendor/uPlot.esm.js", "/static/style.css"]),
-                              (box.kiosk, ["/", "/kiosk/kiosk.js", "/kiosk/kiosk.css", "/kiosk/config.json"])]:
+                                         "/static/vendor/uPlot.esm.js", "/static/style.css",
+                                         "/static/kiosk/sse.js"]),
+                              (box.kiosk, ["/", "/kiosk/kiosk.js", "/kiosk/sse.js", "/kiosk/kiosk.css",
+                                           "/kiosk/config.json"])]:
             for path in paths:
                 r = client.get(path)
                 assert r.status_code == 200 and r.content, f"{client.base_url}{path}: {r.status_code}"

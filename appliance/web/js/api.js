@@ -1,5 +1,6 @@
 // Calls to the control plane. The session is an HttpOnly cookie the page never sees; every write
 // carries the console's header, which the server requires of cookie-authenticated writes (CSRF).
+import { readChatStream } from "../kiosk/sse.js";
 const CSRF = { "X-Appliance-Console": "1" };
 
 export class ApiError extends Error {
@@ -50,20 +51,5 @@ export async function streamChat(path, body, onDelta, headers = {}) {
     try { const j = JSON.parse(text); detail = j.detail || (j.error && j.error.message) || text; } catch { /* text */ }
     throw new ApiError(res.status, { detail });
   }
-  const reader = res.body.getReader(), decoder = new TextDecoder();
-  let buffer = "", answer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    const events = buffer.split("\n\n"); buffer = events.pop();
-    for (const ev of events) {
-      const data = ev.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("");
-      if (!data || data === "[DONE]") continue;
-      const chunk = JSON.parse(data);
-      const piece = chunk.choices && chunk.choices[0] && chunk.choices[0].delta && chunk.choices[0].delta.content;
-      if (piece) { answer += piece; onDelta(piece, answer); }
-    }
-  }
-  return answer;
+  return readChatStream(res, onDelta);
 }

@@ -1,5 +1,6 @@
 // The kiosk: a customer asks, the deployed model answers, streamed. It calls /v1/chat/completions
 // only, with the kiosk key (typed once by staff, or from #key=... in the URL the QR code carries).
+import { readChatStream } from "/kiosk/sse.js";
 const $ = (id) => document.getElementById(id);
 const KEY = "kioskKey";
 let strings = {}, config = { title: "", welcome: "", idle_reset_s: 0 }, turns = [], idleTimer = null, busy = false;
@@ -69,20 +70,9 @@ async function ask(question) {
       body: JSON.stringify({ messages: turns, stream: true, max_tokens: 256 }) });
     if (res.status === 401) { turns.pop(); setup(t("wrong_key")); return; }
     if (!res.ok) throw new Error(res.status === 503 ? t("busy") : t("failed"));
-    const reader = res.body.getReader(), decoder = new TextDecoder();
-    let buffer = "", text = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      const events = buffer.split("\n\n"); buffer = events.pop();
-      for (const ev of events) {
-        const data = ev.startsWith("data: ") ? ev.slice(6) : "";
-        if (!data || data === "[DONE]") continue;
-        const piece = JSON.parse(data).choices?.[0]?.delta?.content;
-        if (piece) { text += piece; answer.textContent = text; $("log").scrollTop = $("log").scrollHeight; }
-      }
-    }
+    const text = await readChatStream(res, (_piece, sofar) => {
+      answer.textContent = sofar; $("log").scrollTop = $("log").scrollHeight;
+    }).catch(() => { throw new Error(t("failed")); });  // broken mid-answer: not shown as a short answer
     turns.push({ role: "assistant", content: text });
   } catch (e) {
     turns.pop(); answer.classList.add("error"); answer.textContent = e.message || t("failed");
