@@ -4,6 +4,7 @@ metrics on known strings, bootstrap intervals, verdicts, the retention probe, re
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,39 @@ def test_retention_probe_ships_fifty_questions_in_two_languages() -> None:
         assert all(overlap.tokens(a) for a in [row.reference, *row.aliases]), row.id  # could never match
         assert overlap.contains(f"The answer: {row.reference}.", [row.reference, *row.aliases]) == 1.0
     assert [row.lang for row in load_probe(("zh",))] == ["zh"] * langs.count("zh")
+
+
+def test_a_stream_read_on_a_thread_is_the_whole_answer_and_closing_it_frees_the_seat(gguf: Path) -> None:
+    """BatchedLlama's stream outside the kiosk server (chunks read on the caller's thread): the same text
+    and finish as the answer returned whole (each made in a fresh engine: a seat's reused prompt cells
+    change the shape of the last prompt token's matrix products); closed early, its sequence ends at the
+    next step and the one seat goes to the next request."""
+    from appliance.inference.batched_llm import BatchedLlama
+
+    texts = []
+    for stream in (False, True):
+        with BatchedGenerator(gguf, parallel=1, n_ctx=512, threads=2) as gen:
+            prompt = gen.model.llm.tokenize(b"The capital of France is", add_bos=True, special=False)
+            out = BatchedLlama(gen.model, threading.Event()).create_completion(prompt, stream=stream, max_tokens=12,
+                                                                              temperature=0.0)
+            if not stream:
+                texts.append((out["choices"][0]["text"], out["choices"][0]["finish_reason"]))
+                continue
+            chunks = list(out)
+            assert all(c["object"] == "text_completion" for c in chunks)
+            assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+            texts.append(("".join(c["choices"][0]["text"] for c in chunks), chunks[-1]["choices"][0]["finish_reason"]))
+
+            cancelled = threading.Event()
+            left = BatchedLlama(gen.model, cancelled)
+            partial = left.create_completion(prompt, stream=True, max_tokens=400, temperature=0.0)
+            next(partial)
+            partial.close()
+            assert cancelled.is_set()
+            after = BatchedLlama(gen.model, threading.Event()).create_completion(prompt, max_tokens=4, temperature=0.0)
+            assert after["usage"]["completion_tokens"] == 4
+            assert left.generated < 400, "the stream closed early kept its seat to the end"
+    assert texts[0] == texts[1] and texts[0][1] == "length" and texts[0][0].strip()
 
 
 @pytest.fixture(scope="module")

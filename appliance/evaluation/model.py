@@ -5,9 +5,8 @@ Same engine, same template: the model is opened by `appliance.inference.llm.open
 prompt is rendered by the chat handler the server uses (`appliance.inference.calls.chat_handler`:
 the GGUF's `tokenizer.chat_template`, with llama-cpp-python's Jinja formatter), tokenized by it, and
 captured by the server's `PromptGuard` on its way to `create_completion`. Generation (`answer`) is a
-streamed temperature-0 chat completion (greedy), the sampling a kiosk gets when it asks for
-temperature 0; `run.evaluate` answers through the kiosk server's continuous batching
-(appliance/evaluation/batched.py).
+temperature-0 chat completion (greedy), the sampling a kiosk gets when it asks for temperature 0;
+`run.evaluate` answers through the kiosk server's continuous batching (appliance/evaluation/batched.py).
 
 Reference NLL (nats per token): with P the prompt tokens and R the reference's tokens followed by
 the end-of-turn token E (the EOS token the chat handler stops on, `<|im_end|>` for ChatML models;
@@ -44,30 +43,23 @@ class Generation:
 
 
 def answer(llm: Any, messages: list[dict[str, str]], max_tokens: int) -> Generation:
-    """Greedy streamed chat completion of `messages` on `llm` (a ServedLlama, or a batched
-    engine's per-request `BatchedLlama`), as the kiosk server runs one, timed from this call:
-    `ttft_s` to the first text, `tokens_per_s` over the rest. Under batching both are the latency
-    of one request among those decoded with it, not the model's speed alone. Raises
-    appliance.inference.protocol.ContextLengthExceeded when the prompt does not fit."""
+    """Greedy chat completion of `messages` on `llm` (a batched engine's per-request `BatchedLlama`),
+    rendered and checked as the kiosk server does, timed from this call: `ttft_s` to the first text,
+    `tokens_per_s` over the rest, from the times the batch posted them (the answer is collected, so
+    this thread wakes once). Under batching both are the latency of one request among those decoded
+    with it, not the model's speed alone. Raises appliance.inference.protocol.ContextLengthExceeded
+    when the prompt does not fit."""
     sampling = ChatRequest(messages=messages, temperature=0.0, max_tokens=max_tokens).sampling()
     guard = PromptGuard(llm, max_tokens)
-    llm.generated = 0
     started = time.perf_counter()
-    first = last = 0.0
-    parts: list[str] = []
-    finish: str | None = None
-    for chunk in chat_handler(llm)(llama=guard, messages=messages, stream=True, **sampling):
-        choice = chunk["choices"][0]
-        text = choice["delta"].get("content") or ""
-        if text:
-            last = time.perf_counter()
-            first = first or last
-            parts.append(text)
-        finish = choice.get("finish_reason") or finish
+    out = chat_handler(llm)(llama=guard, messages=messages, stream=False, **sampling)
+    choice, times = out["choices"][0], llm.collected
+    first, last = times.first_text_s, times.last_text_s
     n = llm.generated
-    rate = (n - 1) / (last - first) if n > 1 and last > first else None
-    return Generation(text="".join(parts), prompt=guard.prompt, tokens=n, finish_reason=finish,
-                      ttft_s=(first or time.perf_counter()) - started, tokens_per_s=rate)
+    rate = (n - 1) / (last - first) if n > 1 and first is not None and last is not None and last > first else None
+    return Generation(text=choice["message"]["content"] or "", prompt=guard.prompt, tokens=n,
+                      finish_reason=choice.get("finish_reason"),
+                      ttft_s=(first if first is not None else time.perf_counter()) - started, tokens_per_s=rate)
 
 
 def reference_tokens(llm: Any, prompt: list[int], reference: str) -> list[int]:

@@ -13,13 +13,14 @@ iterator returned is then never read.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from appliance.inference.sequences import Sampling, Sequence, ends
+from appliance.inference.sequences import Collected, Sampling, Sequence
 
 if TYPE_CHECKING:
     from appliance.inference.batching import BatchedModel
@@ -31,6 +32,7 @@ class BatchedLlama:
                  direct: DirectStream | None = None) -> None:
         self._model, self._cancelled, self._adapter, self._direct = model, cancelled, adapter, direct
         self._seq: Sequence | None = None
+        self.collected: Collected | None = None  # an answer returned whole: its events and their times
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model.llm, name)
@@ -73,19 +75,18 @@ class BatchedLlama:
                        cancelled=self._cancelled, adapter=self._adapter)
         self._seq = seq
         ident, created, name = f"cmpl-{uuid.uuid4()}", int(time.time()), self._model.info.name
-        if stream and self._direct is not None:  # its chunks are made on the event loop: the iterator below is unused
+        if stream and self._direct is not None:  # its chunks are made on the event loop (streams.py)
             seq.sink = self._direct
             self._direct.open(ident, created, name, len(tokens))
-        collected = _Collected() if not stream else None
-        if collected is not None:
-            seq.sink = collected
+            self._model.enqueue(seq)
+            return iter(())
+        if stream:
+            seq.sink = queued = _Queued()
+            self._model.enqueue(seq)
+            return self._chunks(seq, queued, ident, created, name)
+        seq.sink = self.collected = collected = Collected()
         self._model.enqueue(seq)
-        if collected is None:
-            return self._chunks(seq, ident, created, name)
-        collected.ended.wait()
-        last = collected.events[-1]
-        if last[0] == "error":
-            raise last[1]
+        last = collected.wait()
         text = "".join(event[1] for event in collected.events if event[0] == "text")
         return {"id": ident, "object": "text_completion", "created": created, "model": name,
                 "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": last[1]}],
@@ -106,22 +107,18 @@ class BatchedLlama:
         seq = Sequence(prompt=[*prompt, *targets[:-1]], max_tokens=0, sampling=Sampling(temperature=0.0), stops=[],
                        cancelled=self._cancelled, adapter=self._adapter, targets=list(targets))
         self._seq = seq
+        seq.sink = collected = Collected()
         self._model.enqueue(seq)
-        scored: list[float] = []
-        while True:
-            event = seq.events.get()
-            seq.done_with()
-            if event[0] == "scored":
-                scored = list(event[1])
-            elif event[0] == "end":
-                if len(scored) != len(targets):
-                    raise RuntimeError(f"scoring ended ({event[1]}) after {len(scored)} of {len(targets)} tokens")
-                return scored
-            elif event[0] == "error":
-                raise event[1]
+        last = collected.wait()
+        scored = next((list(event[1]) for event in collected.events if event[0] == "scored"), [])
+        if len(scored) != len(targets):
+            raise RuntimeError(f"scoring ended ({last[1]}) after {len(scored)} of {len(targets)} tokens")
+        return scored
 
-    def _chunks(self, seq: Sequence, ident: str, created: int, name: str) -> Iterator[dict[str, Any]]:
-        ended = taken = False
+    def _chunks(self, seq: Sequence, sink: _Queued, ident: str, created: int, name: str) -> Iterator[dict[str, Any]]:
+        """A stream read on this thread (outside the kiosk server, whose streams are direct): each
+        event as llama-cpp-python's completion chunk, as the batch posts it."""
+        ended = False
 
         def chunk(text: str, reason: str | None) -> dict[str, Any]:
             return {"id": ident, "object": "text_completion", "created": created, "model": name,
@@ -129,35 +126,27 @@ class BatchedLlama:
 
         try:
             while True:
-                if taken:  # the last event's chunk has been handled: the batch may decode the next step
-                    seq.done_with()
-                event, taken = seq.events.get(), True
+                event = sink.events.get()
                 if event[0] == "text":
                     yield chunk(event[1], None)
-                elif event[0] == "end":
-                    ended = True
-                    yield chunk("", event[1])
-                    return
-                else:
-                    ended = True
+                    continue
+                ended = True
+                if event[0] == "error":
                     raise event[1]
+                yield chunk("", event[1])
+                return
         finally:
-            if taken:
-                seq.done_with()
             if not ended:  # closed early (the client went away): free the sequence at the next step
                 seq.cancelled.set()
                 self._model.wake()
 
 
-class _Collected:
-    """A sink (sequences.Sequence.sink) for an answer returned whole: its events are kept until the
-    last, so the request's thread wakes once, not once a token."""
+class _Queued:
+    """A sink handing each event to the thread reading the stream."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-        self.ended = threading.Event()
+        self.events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
 
     def post(self, events: list[tuple[Any, ...]]) -> None:
-        self.events.extend(events)
-        if ends(events):
-            self.ended.set()
+        for event in events:
+            self.events.put(event)

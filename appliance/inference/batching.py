@@ -43,7 +43,6 @@ from appliance.serving import KioskPriority
 
 log = logging.getLogger("appliance.inference")
 OWN_CTX = 64  # tokens of the Llama's own context (it renders and tokenizes; the batch decodes)
-HANDLED_WAIT_S = 0.05  # the longest a step waits for request threads to handle the tokens of the last
 
 
 class BatchedModel(AdapterHosting, DecodeSteps, ModelHost):
@@ -183,7 +182,6 @@ class BatchedModel(AdapterHosting, DecodeSteps, ModelHost):
         waiting: deque[Sequence] = deque()
         active: list[Sequence] = []
         seats = Seats(self._ctx.memory, self.parallel)
-        self._handled = threading.Condition()
         buf = ctypes.create_string_buffer(256)
         while True:
             self.busy = bool(active)
@@ -207,7 +205,6 @@ class BatchedModel(AdapterHosting, DecodeSteps, ModelHost):
                     if seq.adapter is not None and seq.adapter not in self.loras.loaded:
                         raise RuntimeError(f"the adapter {seq.adapter} is no longer served")
                     reused = seats.take(seq)
-                    seq.handled = self._handled
                     self.metrics.prompt_tokens_reused.inc(reused)
                     seq.start(self.llm._model, reused)
                 except Exception as exc:  # noqa: BLE001  (a grammar llama.cpp refuses: that request's error)
@@ -226,7 +223,6 @@ class BatchedModel(AdapterHosting, DecodeSteps, ModelHost):
                     if not self.accepting and self.inflight == 0 and not waiting:
                         return
                 continue
-            self._wait_handled(active)
             # One decode per adapter in use (the base's own sequences are a group too), in seat order.
             for adapter in sorted({s.adapter for s in active}, key=lambda k: (k is not None, k or "")):
                 group = [s for s in active if s.adapter == adapter]
@@ -239,12 +235,3 @@ class BatchedModel(AdapterHosting, DecodeSteps, ModelHost):
                         seq.fail(exc)
                         if seq in active:
                             self._free(seq, active, seats, None)
-
-    def _wait_handled(self, active: list[Sequence]) -> None:
-        """Wait (bounded) until the threads reading sequences' `events` (an evaluation's answers and
-        scores; the kiosk server's requests have sinks instead) have handled the last step's tokens:
-        Python work running beside a decode takes a core from one of llama.cpp's threads, and the other
-        then waits at every operation's barrier."""
-        with self._handled:
-            self._handled.wait_for(lambda: all(s.pending <= 0 or s.cancelled.is_set() for s in active),
-                                   timeout=HANDLED_WAIT_S)

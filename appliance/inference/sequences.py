@@ -4,9 +4,11 @@ are known not to start one).
 
 A `Sequence` is created by the request's thread (appliance/inference/batching.py, `BatchedLlama`)
 and then touched only by the model's batch thread until it ends; what crosses back is a stream of
-events: `("text", str)` per token that adds text, then one `("end", finish_reason, completion_tokens)`
-or `("error", Exception)`, on `events` (a thread-safe queue) or, for a streamed request, posted to
-the event loop by its `sink` (appliance/inference/streams.py).
+events: `("text", str)` per token that adds text (a scored sequence: one `("scored", [nll, ...])`), then
+one `("end", finish_reason, completion_tokens)` or `("error", Exception)`, posted by the batch thread
+to the sequence's `sink` once every sequence of the step is sampled: `Collected` keeps them for the
+thread that waits for the whole answer; a kiosk's streamed request has them posted to the event
+loop (appliance/inference/streams.py).
 
 The sampler chain is built in llama-cpp-python's order (`Llama._init_sampler`), so a request
 samples with the chain the serial server uses for the same parameters (the text can still differ: the
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import queue
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +168,34 @@ def ends(events: list[tuple[Any, ...]]) -> bool:
     return any(event[0] in ("end", "error") for event in events)
 
 
+class Collected:
+    """A sink (`Sequence.sink`) keeping a sequence's events until its last, so the thread waiting for the
+    whole answer wakes once, not once a token. `first_text_s`, `last_text_s`: time.perf_counter() when
+    the first and the last text were posted (an evaluation's time to first token and decode rate)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.ended = threading.Event()
+        self.first_text_s: float | None = None
+        self.last_text_s: float | None = None
+
+    def post(self, events: list[tuple[Any, ...]]) -> None:
+        if any(event[0] == "text" for event in events):
+            self.last_text_s = time.perf_counter()
+            self.first_text_s = self.first_text_s or self.last_text_s
+        self.events.extend(events)
+        if ends(events):
+            self.ended.set()
+
+    def wait(self) -> tuple[Any, ...]:
+        """The last event ("end", ...), once posted; raises the sequence's error."""
+        self.ended.wait()
+        last = self.events[-1]
+        if last[0] == "error":
+            raise last[1]
+        return last
+
+
 @dataclass
 class Sequence:
     """One request in the batch. `prompt`: token ids; `max_tokens`: answer tokens at most;
@@ -182,12 +212,9 @@ class Sequence:
     # asked, the last len(targets) - 1 of them at the end of `prompt`; see `score_from`, `take_logits`.
     targets: list[int] | None = None
     nll: list[float] = field(default_factory=list)  # -log p(targets[i]), nats, as the rows come
-    events: queue.Queue[tuple[Any, ...]] = field(default_factory=queue.Queue)
-    # Or, for a streamed request, what takes them to the event loop (appliance/inference/streams.py).
+    # Where its events go: an object with `post(events)`, called on the batch thread (Collected, or
+    # streams.DirectStream, or batched_llm's queue for a stream read on a thread).
     sink: Any = None
-    # Events sent and not yet handled by the request's thread (the batch waits for them: see batching.py).
-    pending: int = 0
-    handled: threading.Condition = field(default_factory=threading.Condition)
     # batch-thread state
     seat: int = -1  # llama.cpp sequence id while it holds one
     n_past: int = 0  # tokens of this sequence in the KV cache
@@ -270,19 +297,7 @@ class Sequence:
             self._post(outbox)
 
     def _post(self, events: list[tuple[Any, ...]]) -> None:
-        if self.sink is not None:
-            self.sink.post(events)
-            return
-        with self.handled:
-            self.pending += len(events)
-        for event in events:
-            self.events.put(event)
-
-    def done_with(self) -> None:
-        """Called by the request's thread once it has handled an event (sent its chunk on)."""
-        with self.handled:
-            self.pending -= 1
-            self.handled.notify_all()
+        self.sink.post(events)
 
     def release(self) -> None:
         if self.sampler is not None:
