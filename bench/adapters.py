@@ -24,6 +24,7 @@ from typing import Any
 
 import clients as clients_mod  # bench/clients.py, beside this file
 import httpx
+from loras import random_adapter  # bench/loras.py, beside this file
 from sqlmodel import Session
 
 from appliance.bootstrap import bootstrap
@@ -37,7 +38,6 @@ from appliance.worker.worker import Worker
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work" / "adapters"
 KEY = "bench-kiosk-key"
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _export(rt: Any, **kw: Any) -> tuple[str, Path]:
@@ -54,24 +54,6 @@ def _export(rt: Any, **kw: Any) -> tuple[str, Path]:
         time.sleep(0.1)
 
 
-def _random_adapter(base_hf: Path, out: Path, seed: int) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_hf, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn_like(param) * 0.02)
-    model.save_pretrained(str(out))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy2(base_hf / name, out / name)
-    return out
-
-
 def setup() -> tuple[Any, Path, dict[str, str], dict[str, Path]]:
     """(runtime, the Q8_0 base GGUF, deployment artifact ids by name, GGUF adapter files by name)."""
     shutil.rmtree(WORK / "data", ignore_errors=True)  # a fresh site each run (the adapter folders are kept)
@@ -83,7 +65,7 @@ def setup() -> tuple[Any, Path, dict[str, str], dict[str, Path]]:
     for seed, name in enumerate(("ward-a", "ward-b")):
         folder = WORK / name
         if not (folder / "adapter_model.safetensors").exists():
-            _random_adapter(hf, folder, seed)
+            random_adapter(hf, folder, rank=8, scale=0.02, seed=seed)
         imported = import_adapter(engine=rt.engine, paths=rt.paths, source=folder, base_model_id=BUNDLED_ID, name=name)
         ids[name], files[name] = _export(rt, adapter_id=imported.id, kind="gguf-adapter", out_type="f16",
                                          base_artifact_id=base_id)

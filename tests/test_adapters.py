@@ -16,12 +16,13 @@ import openai
 import pytest
 from conftest import make_settings
 from fastapi.testclient import TestClient
-from test_import_adapter import TOKENIZER_FILES, _drive
+from test_import_adapter import _drive
 from test_inference import Server
 
 from appliance.api.app import create_app
 from appliance.bootstrap import bootstrap
 from appliance.models.registry import BUNDLED_ID
+from bench.loras import random_adapter
 
 QUESTION = [{"role": "user", "content": "Where is the pharmacy?"}]
 MAX_TOKENS = 12
@@ -45,7 +46,7 @@ class Site:
         self.merged: dict[str, dict[str, Any]] = {}
         self.imported: dict[str, str] = {}
         for name, (scale, seed) in ADAPTERS.items():
-            made = _random_adapter(base_hf, tmp_path / name, scale, seed)
+            made = random_adapter(base_hf, tmp_path / name, rank=4, scale=scale, seed=seed)
             res = self.api.post(f"/api/models/{self.base_id}/adapters", json={"path": str(made), "name": name})
             assert res.status_code == 201, res.text
             self.imported[name] = res.json()["id"]
@@ -97,30 +98,6 @@ class Site:
 # near-tie makes the greedy text depend on rounding (flash attention's f16 products flip a 0.02 lead
 # between a merged weight and base + adapter), which is not what this test is about.
 ADAPTERS = {"ward-a": (0.05, 0), "ward-b": (0.04, 1)}
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def _random_adapter(base_hf: Path, out: Path, scale: float, seed: int) -> Path:
-    """A peft LoRA folder with random A and B (peft's own init leaves B zero: no change)."""
-    import shutil
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_hf, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM"))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn_like(param) * scale)
-    model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        shutil.copy2(base_hf / name, out / name)
-    return out
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, template_dir: Path) -> Iterator[Site]:
     from conftest import clone_data_dir
