@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,18 @@ def test_artifacts_export_and_deploy_commands(trained_dir: Path, tmp_path: Path)
     got = appliance(data, "artifacts", "download", art_id, "-o", str(out))
     assert got.returncode == 0, got.stderr
     assert (out / shown["file"]).stat().st_size == shown["size"] and (out / "Modelfile").is_file()
+    # A folder not made yet, written as a folder (a trailing slash): made, not taken for a file name.
+    new_dir = tmp_path / "new" / "dir"
+    got = appliance(data, "artifacts", "download", art_id, "-o", f"{new_dir}/")
+    assert got.returncode == 0, got.stderr
+    assert (new_dir / shown["file"]).stat().st_size == shown["size"] and (new_dir / "Modelfile").is_file()
+    # The run's LoRA adapter comes out as the folder peft loads, not its weights alone.
+    adapter = next(x.split()[0] for x in listed.splitlines() if " adapter " in x)
+    got = appliance(data, "artifacts", "download", adapter, "-o", str(tmp_path / "lora"))
+    assert got.returncode == 0, got.stderr
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {f.name for f in (tmp_path / "lora").iterdir()}
+    mixup = appliance(data, "artifacts", "download", adapter, "-o", str(out / shown["file"]))
+    assert mixup.returncode == 2 and "is a file" in mixup.stderr
     bad = appliance(data, "export", shown["run_id"], "--type", "q9_9", "--no-wait")
     assert bad.returncode == 1 and "unknown GGUF type 'q9_9'" in bad.stderr
     again = appliance(data, "export", shown["run_id"], "--type", "q8_0", "--no-wait")
@@ -83,3 +96,31 @@ def test_artifacts_export_and_deploy_commands(trained_dir: Path, tmp_path: Path)
     assert "pending" in appliance(data, "deployments", "list").stdout
     underway = appliance(data, "rollback", "--no-wait")  # the deployment is still pending (no server)
     assert underway.returncode == 1 and f"deployment {json.loads(dep.stdout)['id']} is pending" in underway.stderr
+
+
+def test_mistakes_on_the_command_line_are_errors_not_tracebacks(data_dir: Path, tmp_path: Path) -> None:
+    faq = tmp_path / "faq.jsonl"
+    faq.write_bytes(jsonl(ALPACA))
+    ds = json.loads(appliance(data_dir, "datasets", "add", str(faq)).stdout)["id"]
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("max_steps: [1\n")
+    cases = [
+        (["runs", "create", "--dataset", ds, "--config", str(tmp_path / "none.yaml")], 2, "does not exist"),
+        (["runs", "create", "--dataset", ds, "--config", str(bad_yaml)], 2, "is not valid YAML"),
+        (["runs", "create", "--dataset", ds, "--set", "max_steps"], 2, "write KEY=VALUE"),
+        (["runs", "create", "--dataset", ds, "--set", "max_steps=-3"], 1, "max_steps: -3"),
+        (["runs", "watch", "run_nope"], 1, "no run with id 'run_nope'"),
+        (["runs", "logs", "run_nope"], 1, "no run with id 'run_nope'"),
+        (["datasets", "show", ds, "--rows", "-1"], 2, "--rows"),
+        (["datasets", "add", str(faq), "--cutoff-len", "-5"], 2, "--cutoff-len"),
+    ]
+    for args, code, said in cases:
+        res = appliance(data_dir, *args)
+        assert (res.returncode, "Traceback" in res.stderr) == (code, False), (args, res.stderr)
+        told = " ".join(re.sub(r"[│╭╮╰╯─]", " ", res.stderr).split())  # typer's box, wrapped at 80 columns
+        assert said in told, (args, res.stderr)
+    assert appliance(data_dir, "runs", "list").stdout == ""  # nothing was queued
+    # The same content added again as an eval set says what became of it.
+    again = appliance(data_dir, "datasets", "add", str(faq), "--purpose", "eval")
+    assert again.returncode == 0 and f"already stored as {ds}" in again.stderr and "now an eval set" in again.stderr
+    assert " eval " in appliance(data_dir, "datasets", "list").stdout

@@ -45,6 +45,9 @@ CHAT_REFUSED: list[tuple[str, Any, str]] = [
     ("stop", ["a", "b", "c", "d", "e"], "stop"), ("stop", "", "stop"),
     ("stream_options", {"include_usage": True}, "stream_options"),  # without stream
     ("response_format", {"type": "grammar"}, "response_format.type"),
+    ("response_format", {"type": "json_schema"}, "response_format.json_schema"),
+    # Numbers as numbers (pydantic's lax mode took "0.5" and true)
+    ("max_tokens", True, "max_tokens"), ("temperature", "0.5", "temperature"), ("seed", "3", "seed"),
     ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "$ref":
                                                                                           "#/nowhere"}}},
      "response_format.json_schema.schema"),
@@ -59,6 +62,7 @@ COMPLETION_IMPLEMENTED = {"max_tokens", "temperature", "top_p", "seed", "stop", 
 COMPLETION_REFUSED: list[tuple[str, Any, str]] = [
     ("n", 2, "n"), ("echo", True, "echo"), ("best_of", 2, "best_of"), ("suffix", "end.", "suffix"),
     ("logprobs", 1, "logprobs"), ("temperature", -1, "temperature"), ("prompt", [[1, 2, 3]], "prompt"),
+    ("max_tokens", True, "max_tokens"),
 ]
 
 

@@ -10,6 +10,7 @@ bodies were documented as FastAPI's list-shaped default and seven routes answere
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,14 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from appliance.errors import ApplianceError, InvalidInputError
 from appliance.fsutil import describe_no_space
 from appliance.paths import UnsafeIdError
+
+log = logging.getLogger("appliance.api")
 
 
 class Problem(BaseModel):
@@ -121,7 +125,24 @@ async def _http_error(request: Request, exc: Exception) -> Any:
     return await http_exception_handler(request, exc)
 
 
+async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A delete or write the database's constraints refuse (a check in the domain code missed a case):
+    a 409 that says so, never a 500; nothing was written (the transaction rolled back)."""
+    log.warning("refused by a database constraint: %s", exc)
+    cause = getattr(exc, "orig", exc)
+    return JSONResponse({"detail": f"refused: other records depend on this one ({cause}); nothing was changed"},
+                        status_code=409)
+
+
+async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A bug: the body is still JSON with a `detail` (the traceback goes to the api service's log)."""
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the api service's log has the "
+                                   "details"}, status_code=500)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.add_exception_handler(ApplianceError, _appliance_error)
     app.add_exception_handler(UnsafeIdError, _unsafe_id)
     app.add_exception_handler(RequestValidationError, _validation_error)

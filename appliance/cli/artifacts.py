@@ -93,9 +93,12 @@ def artifacts_show(artifact_id: str) -> None:
 @artifacts_app.command("download")
 def artifacts_download(
     artifact_id: str,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write it (a folder or a file name)")] = Path("."),
+    out: Annotated[str, typer.Option("--out", "-o", help="Where to write it: a folder (made when it ends with / "
+                                     "or the artifact is a LoRA adapter), or a file name")] = ".",
 ) -> None:
-    """Copy an artifact's file (and its Modelfile) out of the data directory."""
+    """Copy an artifact out of the data directory: a GGUF (and its Modelfile, into a folder), or a LoRA
+    adapter's folder as peft reads it (adapter_config.json, adapter_model.safetensors, ...)."""
+    import os
     import shutil
 
     from appliance.jobs.exports import file_of, get_artifact
@@ -104,11 +107,24 @@ def artifacts_download(
     with Session(runtime.engine) as session:
         art = checked(lambda: get_artifact(session, artifact_id))
         src = checked(lambda: file_of(paths=runtime.paths, art=art))
-    dst = out / src.name if out.is_dir() else out
+    target = Path(out)
+    into_folder = target.is_dir() or out.endswith(("/", os.sep)) or art.kind == "adapter"
+    if into_folder:
+        if target.exists() and not target.is_dir():
+            raise typer.BadParameter(f"{out} is a file; an adapter is a folder of files: give a folder",
+                                     param_hint="--out")
+        target.mkdir(parents=True, exist_ok=True)
+    if art.kind == "adapter":  # the whole folder: the weights alone are no adapter
+        for f in sorted(src.parent.iterdir()):
+            if f.is_file():
+                shutil.copyfile(f, target / f.name)
+        typer.echo(str(target))
+        return
+    dst = target / src.name if into_folder else target
     shutil.copyfile(src, dst)
     modelfile = src.parent / "Modelfile"
-    if modelfile.is_file() and out.is_dir():
-        shutil.copyfile(modelfile, out / "Modelfile")
+    if modelfile.is_file() and into_folder:
+        shutil.copyfile(modelfile, target / "Modelfile")
     typer.echo(str(dst))
 
 

@@ -23,12 +23,15 @@ def get_runtime() -> Runtime:
 
 
 def fail(exc: ApplianceError) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg="red", err=True)
-    if isinstance(exc, InvalidInputError):
+    """`exc` as the user reads it (an input error: one line per problem, with file, line and field) and exit 1."""
+    if isinstance(exc, InvalidInputError) and len(exc.problems) > 1:
+        typer.secho(f"error: {exc.source}: {exc.total} problems", fg="red", err=True)
         for p in exc.problems:
             typer.echo(f"  {exc.source}: {p}", err=True)
         if exc.total > len(exc.problems):
             typer.echo(f"  ... {exc.total - len(exc.problems)} more", err=True)
+    else:
+        typer.secho(f"error: {exc}", fg="red", err=True)
     return typer.Exit(1)
 
 

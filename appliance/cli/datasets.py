@@ -21,7 +21,7 @@ def datasets_add(
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
     format: Annotated[str | None, typer.Option(help="alpaca, sharegpt or messages (default: detect)")] = None,
     model: Annotated[str | None, typer.Option(help="Base model id whose tokenizer counts tokens")] = None,
-    cutoff_len: Annotated[int | None, typer.Option(help="Token cutoff for the over-length count")] = None,
+    cutoff_len: Annotated[int | None, typer.Option(help="Token cutoff for the over-length count", min=1)] = None,
     purpose: Annotated[str, typer.Option(help="train, or eval: golden questions with reference answers (the "
                                          "set evaluations score on and the deployment gate compares on)")] = "train",
 ) -> None:
@@ -41,7 +41,9 @@ def datasets_add(
     except ApplianceError as exc:
         raise fail(exc) from exc
     if not created:
-        typer.echo(f"already stored as {dataset.id}", err=True)
+        kept = "it is now an eval set; " if purpose == "eval" else ""
+        typer.echo(f"this content is already stored as {dataset.id} ({dataset.name}, {dataset.purpose}): {kept}its "
+                   "name and token counts are kept", err=True)
     with Session(runtime.engine) as session:
         show(DatasetPublic.of(dataset, token_stats_of(session, dataset.id)).model_dump())
 
@@ -54,11 +56,12 @@ def datasets_list() -> None:
     runtime = get_runtime()
     with Session(runtime.engine) as session:
         for d in list_datasets(session):
-            typer.echo(f"{d.id}  {d.rows:>7} rows  {d.format:<9} {d.name}")
+            typer.echo(f"{d.id}  {d.rows:>7} rows  {d.format:<9} {d.purpose:<5}  {d.name}")
 
 
 @datasets_app.command("show")
-def datasets_show(dataset_id: str, rows: Annotated[int, typer.Option(help="Also print the first N rows")] = 0) -> None:
+def datasets_show(dataset_id: str,
+                  rows: Annotated[int, typer.Option(help="Also print the first N rows", min=0)] = 0) -> None:
     """Show a dataset's stats (and optionally its first rows)."""
     from appliance.api.schemas import DatasetPublic
     from appliance.datasets import store
@@ -94,7 +97,7 @@ def import_lf(
     name: Annotated[list[str] | None, typer.Option(
         help="Entry of dataset_info.json to import (repeat, or separate with commas); default: all")] = None,
     model: Annotated[str | None, typer.Option(help="Base model id whose tokenizer counts tokens")] = None,
-    cutoff_len: Annotated[int | None, typer.Option(help="Token cutoff for the over-length count")] = None,
+    cutoff_len: Annotated[int | None, typer.Option(help="Token cutoff for the over-length count", min=1)] = None,
 ) -> None:
     """Import LLaMA-Factory datasets (dataset_info.json): one dataset per entry, all or nothing."""
     from appliance.api.schemas import DatasetPublic, LfImportedPublic

@@ -94,6 +94,9 @@ def deployments_list() -> None:
 
     runtime = get_runtime()
     with Session(runtime.engine) as session:
-        for d in list_deployments(session):
+        listed = list_deployments(session)
+        for d in listed:
             detail = d.error or (f"{d.strategy}, gap {d.gap_ms:.0f} ms" if d.strategy else "")
             typer.echo(f"{d.id}  {d.status:<8} {d.name or '-':<40} {detail}")
+    if not listed:
+        typer.echo("no deployments yet: the kiosks get the bundled model (appliance deploy ARTIFACT)", err=True)

@@ -122,10 +122,14 @@ def evaluations_list() -> None:
 
     runtime = get_runtime()
     with Session(runtime.engine) as session:
-        for e in list_evaluations(session):
+        listed = list_evaluations(session)
+        for e in listed:
             m = metrics(e)
             summary = "  ".join(f"{k} {m[k]['mean']:.3f}" for k in ("nll", "rouge_l", "retention") if k in m)
             typer.echo(f"{e.id}  {e.status:<9} {e.model_name:<40} {e.dataset_id}  {summary or e.error or ''}")
+    if not listed:
+        typer.echo("no evaluations yet (appliance eval ARTIFACT, with an eval set: appliance datasets add FILE "
+                   "--purpose eval)", err=True)
 
 
 @evaluations_app.command("show")
@@ -157,6 +161,7 @@ def evaluations_questions(
     result = checked(load)
     if csv is not None:
         csv.write_text(evaluation_csv(result))
+        typer.echo(f"{len(result.questions)} questions written to {csv}", err=True)
         return
     for q in result.questions:
         typer.echo(f"[{q.set}] {q.question}\n  reference: {q.reference}\n  answer:    {q.answer}\n  "

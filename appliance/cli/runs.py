@@ -29,7 +29,8 @@ def runs_create(
     dataset: Annotated[str, typer.Option(help="Dataset id")],
     model: Annotated[str | None, typer.Option(help="Base model id (default: the bundled one)")] = None,
     preset: Annotated[str | None, typer.Option(help="Preset name from configs/presets")] = "lora-cpu",
-    config: Annotated[Path | None, typer.Option(help="A YAML config (LLaMA-Factory keys)")] = None,
+    config: Annotated[Path | None, typer.Option(help="A YAML config (LLaMA-Factory keys)", exists=True,
+                                                dir_okay=False)] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override one key: --set max_steps=50")] = None,
     name: Annotated[str | None, typer.Option(help="Display name")] = None,
 ) -> None:
@@ -39,10 +40,24 @@ def runs_create(
     from appliance.jobs.runs import create_run
     from appliance.models.registry import BUNDLED_ID
 
-    overrides: dict[str, Any] = yaml.safe_load(config.read_text()) if config else {}
+    overrides: dict[str, Any] = {}
+    if config is not None:
+        try:
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise typer.BadParameter(f"{config} is not valid YAML: {exc}", param_hint="--config") from exc
+        if not isinstance(loaded, dict):
+            raise typer.BadParameter(f"{config} must hold a mapping of config keys (LLaMA-Factory's), "
+                                     f"not {type(loaded).__name__}", param_hint="--config")
+        overrides = loaded
     for item in set_ or []:
-        key, _, value = item.partition("=")
-        overrides[key.strip()] = yaml.safe_load(value)
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise typer.BadParameter(f"{item!r}: write KEY=VALUE, e.g. --set max_steps=50", param_hint="--set")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise typer.BadParameter(f"{item!r}: the value is not valid YAML: {exc}", param_hint="--set") from exc
     runtime = get_runtime()
     try:
         run = create_run(engine=runtime.engine, paths=runtime.paths, dataset_id=dataset,
@@ -84,7 +99,7 @@ def runs_watch(run_id: str) -> None:
     from tqdm import tqdm
 
     runtime = get_runtime()
-    info = _run_public(runtime, run_id)
+    info = checked(lambda: _run_public(runtime, run_id))
     bar = tqdm(total=info["max_steps"] or 0, desc=run_id, unit="step", file=sys.stderr)
     while True:
         info = _run_public(runtime, run_id)
@@ -132,6 +147,7 @@ def runs_rm(run_id: str) -> None:
 def runs_logs(run_id: str) -> None:
     """Print the run's training log."""
     runtime = get_runtime()
+    checked(lambda: _run_public(runtime, run_id))  # an unknown id is an error, not an empty log
     log = runtime.paths.run(run_id).log
     typer.echo(log.read_text() if log.exists() else "")
 

@@ -110,6 +110,9 @@ def add_dataset(
             InputProblem(line=None, field="purpose", message=f"unknown purpose {purpose!r}: train or eval")])
     if fmt is not None and fmt not in FORMATS:
         raise _bad_format(display_name(filename), fmt)
+    if cutoff_len is not None and cutoff_len < 1:
+        raise InvalidInputError(source=display_name(filename), problems=[
+            InputProblem(line=None, field="cutoff_len", message=f"must be 1 or more tokens, not {cutoff_len}")])
     check_name(name.strip() if name else None, filename)
     paths.ensure()
     # A full disk is a 507 naming the folder and its free space; temp_path has removed the part written.

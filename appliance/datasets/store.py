@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 from appliance.datasets.stats import pick_model, token_stats
 from appliance.db import events
 from appliance.db.engine import write_session
-from appliance.db.tables import Dataset, DatasetTokenStats, Run
+from appliance.db.tables import Dataset, DatasetTokenStats, Evaluation, Run
 from appliance.errors import ConflictError, NotFoundError
 from appliance.paths import Paths
 
@@ -73,12 +73,16 @@ def stats_for(
 
 
 def delete_dataset(*, engine: Engine, paths: Paths, dataset_id: str) -> None:
-    """Refused (409) while any run uses the dataset."""
+    """Refused (409) while any run trained on the dataset or any evaluation was made on it (naming them)."""
     with write_session(engine) as session:
         dataset = get_dataset(session, dataset_id)
         users = list(session.exec(select(Run.id).where(Run.dataset_id == dataset_id)))
         if users:
             raise ConflictError(f"dataset {dataset_id} is used by run(s) {', '.join(users)}; delete those first")
+        evaluated = list(session.exec(select(Evaluation.id).where(Evaluation.dataset_id == dataset_id)))
+        if evaluated:
+            raise ConflictError(f"dataset {dataset_id} is the eval set of evaluation(s) {', '.join(evaluated)}; "
+                                "delete those first (appliance evaluations rm ID, or DELETE /api/evaluations/ID)")
         file = paths.resolve(dataset.path)
         session.delete(dataset)  # its token stats go with it (ON DELETE CASCADE)
         events.record(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_MAX_TOKENS = 512  # when a request names none (never past the room left in the context)
 NO_TOOLS = "tool and function calling is not supported by this server"
@@ -80,6 +80,17 @@ class _Sampling(BaseModel):
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0)
 
+    @field_validator("max_tokens", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "n",
+                     "top_k", "min_p", "repeat_penalty", "max_completion_tokens", "top_logprobs",
+                     mode="before", check_fields=False)
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        """A number given as a string or a boolean is refused, as OpenAI does (pydantic's lax mode would
+        take "0.5" and true)."""
+        if isinstance(value, bool | str):
+            raise ValueError(f"must be a number, not {'a boolean' if isinstance(value, bool) else 'a string'}")
+        return value
+
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments for llama-cpp-python; what the request leaves out keeps its default."""
         out: dict[str, Any] = {"temperature": 0.7 if self.temperature is None else self.temperature,
@@ -133,7 +144,10 @@ class ChatRequest(_Sampling):
         if not rf or rf.get("type") == "text":
             return None
         if rf.get("type") == "json_schema":
-            schema = (rf.get("json_schema") or {}).get("schema")
+            if not isinstance(rf.get("json_schema"), dict):
+                raise RequestError("response_format.json_schema is required with type json_schema (an object: "
+                                   "name, schema)", "response_format.json_schema")
+            schema = rf["json_schema"].get("schema")
             _check_schema(schema, "response_format.json_schema.schema")
             return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
         if rf.get("type") == "json_object":
@@ -245,7 +259,7 @@ def parse(raw: bytes, model: type[ChatRequest] | type[CompletionRequest]) -> Any
         err = exc.errors()[0]
         param = _param(err["loc"])
         what = "unknown parameter (not part of OpenAI's API, or not one this server has)" \
-            if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise RequestError(f"{param}: {what}", param) from exc
     except RecursionError as exc:
         raise RequestError("the request body is JSON nested too deeply") from exc

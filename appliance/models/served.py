@@ -89,8 +89,8 @@ def served_file(session: Session, paths: Paths, *, artifact_id: str | None, base
         if art is None:
             raise NotFoundError(f"no artifact with id {artifact_id!r}")
         if art.kind not in ("gguf", "gguf-adapter"):
-            raise _bad("artifact_id", f"artifact {artifact_id} is a {art.kind}; only a GGUF model or GGUF adapter "
-                       "can be served")
+            raise _bad("artifact_id", f"artifact {artifact_id} is of kind {art.kind!r}; only a GGUF model or GGUF "
+                       "adapter can be served (export it first: appliance export)")
         if art.status != ArtifactStatus.ready or art.path is None:
             raise _bad("artifact_id", f"artifact {artifact_id} is {art.status}; only a ready artifact can be served")
         path = paths.resolve(art.path)

@@ -111,8 +111,11 @@ class TrainConfig(BaseModel):
         self.export_gguf = [t.lower() for t in self.export_gguf]
         if self.deploy == "auto" and not self.export_gguf:
             self.export_gguf = ["q8_0"]  # what auto-promotion deploys
-        if self.max_steps is not None and self.max_steps <= 0:
-            self.max_steps = None  # LLaMA-Factory's -1 means "use epochs"
+        if self.max_steps == -1:
+            self.max_steps = None  # LLaMA-Factory's (transformers') -1: train by num_train_epochs
+        elif self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"max_steps: {self.max_steps}; a positive number of steps, or -1 to train by "
+                             "num_train_epochs")
         return self
 
     @property
