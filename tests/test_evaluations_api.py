@@ -11,6 +11,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import clone_data_dir, drive_worker, make_settings
@@ -216,6 +217,40 @@ def test_an_evaluation_killed_with_its_worker_resumes_where_it_stopped(box: tupl
     assert sorted(indices) == list(range(len(EVAL_SET))), "every question scored once, none again"
     assert before >= 2
     assert any("evaluation will resume" in e.message for e in events(runtime, "evaluation.queued"))
+
+
+def test_an_evaluation_is_cancelled_queued_or_running_and_its_gated_deployment_says_why(
+        box: tuple[TestClient, Runtime]) -> None:
+    c, runtime = box
+    eval_ds = upload_eval_set(c)
+    queued = c.post("/api/evaluations", json={"dataset_id": eval_ds, "base_model_id": BUNDLED_ID}).json()
+    cancelled = c.post(f"/api/evaluations/{queued['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "failed" and cancelled.json()["error"].startswith("cancelled by admin token")
+    assert c.post(f"/api/evaluations/{queued['id']}/cancel").status_code == 409  # already ended
+    assert c.post("/api/evaluations/eval_nope/cancel").status_code == 404
+
+    # Running, with the deployment gate waiting on it: the worker stops its child, the deployment is refused.
+    dep = c.post("/api/deployments", json={"artifact_id": fine_tune(c)}).json()
+    assert dep["status"] == "gating", dep
+    env = {"APPLIANCE_EVAL_MAX_TOKENS": "24", "APPLIANCE_EVAL_RETENTION_PROBE": "false"}
+    worker = worker_process(runtime.paths.root, **env)
+    try:
+        seen: list[dict[str, Any]] = []
+        wait_for(lambda: bool(seen.extend(e for e in c.get("/api/evaluations").json() if e["status"] == "running")
+                              or seen), "an evaluation of the gate running")
+        running = seen[0]
+        assert c.delete(f"/api/evaluations/{running['id']}").status_code == 409  # running: cancel it first
+        assert c.post(f"/api/evaluations/{running['id']}/cancel").status_code == 200
+        wait_for(lambda: c.get(f"/api/deployments/{dep['id']}").json()["status"] == "failed", "the gate's verdict")
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    refused = c.get(f"/api/deployments/{dep['id']}").json()
+    assert "cancelled by admin token" in refused["error"], refused
+    ended = c.get(f"/api/evaluations/{running['id']}").json()
+    assert ended["status"] == "failed" and ended["metrics"] == {}, ended
+    assert c.delete(f"/api/evaluations/{running['id']}").status_code == 204
 
 
 def test_a_run_with_deploy_auto_puts_its_export_through_the_gate(box: tuple[TestClient, Runtime]) -> None:

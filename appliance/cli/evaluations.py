@@ -176,3 +176,17 @@ def evaluations_rm(evaluation_id: str) -> None:
     runtime = get_runtime()
     checked(lambda: delete_evaluation(engine=runtime.engine, paths=runtime.paths, evaluation_id=evaluation_id))
     typer.echo(f"deleted {evaluation_id}")
+
+
+@evaluations_app.command("cancel")
+def evaluations_cancel(evaluation_id: str) -> None:
+    """Stop a queued or running evaluation (it ends failed, "cancelled by ..."; a deployment waiting on it
+    at the gate is refused)."""
+    import getpass
+
+    from appliance.jobs.evaluations import cancel_evaluation
+
+    runtime = get_runtime()
+    ev = checked(lambda: cancel_evaluation(engine=runtime.engine, evaluation_id=evaluation_id,
+                                           who=f"{getpass.getuser()} (CLI)"))
+    typer.echo(f"{ev.id}: {ev.status} ({ev.error})")

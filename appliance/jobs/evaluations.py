@@ -142,12 +142,28 @@ def result_file(paths: Paths, ev: Evaluation) -> Path:
     return paths.evaluation(ev.id).result
 
 
+def cancel_evaluation(*, engine: Engine, evaluation_id: str, who: str = "the user") -> Evaluation:
+    """Stop a queued or running evaluation: it ends `failed` with "cancelled by WHO" (a worker running it
+    stops its child at the next heartbeat; a deployment the gate holds for it is refused, saying so).
+    ConflictError (409) when it has already ended."""
+    with write_session(engine) as session:
+        ev = get_evaluation(session, evaluation_id)
+        if ev.status not in (EvaluationStatus.queued, EvaluationStatus.running):
+            raise ConflictError(f"evaluation {evaluation_id} has already ended ({ev.status})")
+        message = f"cancelled by {who}"
+        ev.error, ev.finished_at, ev.worker_pid = message, _now(), None
+        QUEUE.move(session, ev, EvaluationStatus.failed, message)
+        session.flush()
+        session.expunge(ev)
+        return ev
+
+
 def delete_evaluation(*, engine: Engine, paths: Paths, evaluation_id: str) -> None:
-    """Remove an evaluation and its files; a running one cannot be removed (409)."""
+    """Remove an evaluation and its files; a running one cannot be removed (409: cancel it first)."""
     with write_session(engine) as session:
         ev = get_evaluation(session, evaluation_id)
         if ev.status == EvaluationStatus.running:
-            raise ConflictError(f"evaluation {evaluation_id} is running")
+            raise ConflictError(f"evaluation {evaluation_id} is running; cancel it first")
         session.delete(ev)
         events.record(session, kind="evaluation.deleted", entity_type="evaluation", entity_id=evaluation_id,
                       message=f"deleted ({ev.model_name})")

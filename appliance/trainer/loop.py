@@ -9,6 +9,7 @@ checkpoint, done, error); human-readable logs go to stderr. It never touches the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -306,6 +307,10 @@ def main(argv: list[str]) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # On a CPU with AVX512-BF16, bitsandbytes tries at import to fetch a kernel from the Hugging Face hub and
+    # logs "please pip install kernels" when it cannot; it then runs its own CPU code, as it must offline.
+    # Not a problem of the run: kept out of the run's log.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         spec = read_spec(Path(argv[0]), TrainSpec)
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError naming every bad key

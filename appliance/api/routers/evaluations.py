@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlmodel import Session
@@ -139,8 +139,17 @@ def questions(evaluation_id: str, runtime: RuntimeDep, format: Literal["json", "
     return Response(evaluation_json(result), media_type="application/json")
 
 
+@router.post("/{evaluation_id}/cancel", response_model=EvaluationPublic,
+             summary="Stop a queued or running evaluation (it ends failed, 'cancelled by ...')",
+             responses=responses(notes={**NOT_FOUND, 409: "Already ended"}))
+def cancel(evaluation_id: str, runtime: RuntimeDep, request: Request) -> EvaluationPublic:
+    ev = evaluations.cancel_evaluation(engine=runtime.engine, evaluation_id=evaluation_id,
+                                       who=f"admin token from {request.client.host if request.client else 'unknown'}")
+    return EvaluationPublic.of(ev)
+
+
 @router.delete("/{evaluation_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an evaluation",
-               responses=responses(notes={**NOT_FOUND, 409: "It is running"}))
+               responses=responses(notes={**NOT_FOUND, 409: "It is running (cancel it first)"}))
 def delete(evaluation_id: str, runtime: RuntimeDep) -> Response:
     evaluations.delete_evaluation(engine=runtime.engine, paths=runtime.paths, evaluation_id=evaluation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
