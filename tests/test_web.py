@@ -164,6 +164,12 @@ def evaluations(page: Any, box: Appliance) -> None:
 
     q8 = next(a for a in api(box, "/api/artifacts?kind=gguf") if a["type"] == "q8_0")
     page.click('[data-nav="evaluations"]')
+    # Queued, then stopped from its row: it ends failed, saying who cancelled it.
+    page.select_option("#eval-model", "model:smollm2-135m-instruct")
+    page.get_by_role("button", name="Evaluate").click()
+    expect(page.locator("#eval-result")).to_contain_text("queued")
+    page.locator("#eval-list tr", has_text="smollm2-135m-instruct").get_by_role("button", name="Cancel").click()
+    expect(page.locator('#eval-list tr[data-status="failed"]')).to_contain_text("cancelled by admin token")
     for model in ("model:smollm2-135m-instruct", f"artifact:{q8['id']}"):
         page.select_option("#eval-model", model)
         page.get_by_role("button", name="Evaluate").click()

@@ -2,7 +2,7 @@
 // metric the change and verdict, per question both answers next to the reference.
 import { api } from "../api.js";
 import { t } from "../i18n.js";
-import { card, empty, errorText, field, h, heading, message, num, poller, select, table } from "../ui.js";
+import { button, card, empty, errorText, field, h, heading, message, num, poller, select, table } from "../ui.js";
 
 const METRICS = ["nll", "rouge_l", "token_f1", "exact_match", "retention"];
 let stop = () => {};
@@ -46,8 +46,13 @@ function form(datasets, arts, models, listBox, compareBox) {
 async function render(listBox, compareBox) {
   const evals = await api("/api/evaluations");
   if (!evals.length) { listBox.replaceChildren(card(heading("evals.heading"), empty("evals.empty"))); return; }
+  const stopButton = (e) => button("runs.cancel", async () => {  // queued or running: it ends failed, "cancelled by ..."
+    try { await api(`/api/evaluations/${e.id}/cancel`, { method: "POST" }); } catch { /* ended meanwhile */ }
+    await render(listBox, compareBox);
+  }, "danger");
   const rows = evals.map((e) => [e.model, h("span", { class: "tag", text: t(`status.${e.status}`) }),
-    `${e.questions_done} / ${e.questions_total ?? "?"}`, ...METRICS.map((m) => num(e.metrics[m])), e.error || ""]);
+    `${e.questions_done} / ${e.questions_total ?? "?"}`, ...METRICS.map((m) => num(e.metrics[m])),
+    ["queued", "running"].includes(e.status) ? stopButton(e) : e.error || ""]);
   listBox.replaceChildren(card(heading("evals.heading"), table(["evals.model", "evals.status", "evals.progress",
     ...METRICS.map((m) => `metric.${m}`), "evals.error"], rows, (i) => ({ "data-id": evals[i].id, "data-status": evals[i].status }))));
   const done = evals.filter((e) => e.status === "succeeded");
