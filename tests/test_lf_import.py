@@ -194,6 +194,13 @@ def test_tool_roles_and_missing_files_are_refused(runtime: Runtime, tmp_path: Pa
     assert (missing.field, missing.message) == ("gone.file_name", "'gone.json' is not in the folder")
     [unknown] = refused(runtime, root, ["nope"]).problems
     assert unknown.field == "nope" and "no dataset 'nope'" in unknown.message
+    # Every entry that names no usable file is told at once, not the first alone.
+    (root / "dataset_info.json").write_text(json.dumps({
+        "gone": {"file_name": "gone.json"}, "empty": {"file_name": "sub"},
+        "calls": {"file_name": "calls.jsonl", "formatting": "sharegpt"}}))
+    (root / "sub").mkdir()
+    both = refused(runtime, root, None).problems
+    assert [p.field for p in both] == ["gone.file_name", "empty.file_name"], both
 
 
 def test_num_samples_and_file_sha1_are_honoured(runtime: Runtime, tmp_path: Path) -> None:

@@ -65,6 +65,15 @@ def import_folder(
     """
     root = folder.resolve()
     entries = parse_info(_load_info(root), split_names(names))
+    # Every entry's file_name first, so all the ones that name no usable file are told at once.
+    problems: list[InputProblem] = []
+    for entry in entries:
+        try:
+            _data_files(root, entry)
+        except InvalidInputError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise InvalidInputError(INFO_FILE, problems)
     items = [_read_entry(root, entry, settings) for entry in entries]
     paths.ensure()
     recorded = record_datasets(engine=engine, paths=paths, items=items, base_model_id=base_model_id,
