@@ -17,9 +17,11 @@ import pytest
 import tiny_models
 from conftest import clone_data_dir, make_settings
 from fastapi.testclient import TestClient
+from sqlmodel import Session
 
 from appliance.api.app import create_app
 from appliance.bootstrap import Runtime, bootstrap
+from appliance.db.tables import Artifact
 from appliance.errors import ModelImportError
 from appliance.models.registry import BUNDLED_ID, import_model
 from appliance.worker.worker import Worker
@@ -120,6 +122,26 @@ def test_fine_tune_exports_q8_0_and_q4_0_and_registers_the_merged_model(app: App
     assert f16["verification"]["next_token_top1"] == 1.0 and f16["verification"]["mean_kl"] < 1e-3
     kinds = {a["kind"] for a in app.client.get("/api/artifacts").json()}
     assert {"adapter", "merged", "gguf"} <= kinds
+    # A folder artifact downloads as one tar of its files: the adapter as peft loads it, the merged model whole.
+    import io
+    import tarfile
+
+    for art in [a for a in app.client.get("/api/artifacts", params={"run_id": run_id}).json()
+                if a["kind"] in ("adapter", "merged")]:
+        got = app.client.get(f"/api/artifacts/{art['id']}/download")
+        assert got.status_code == 200 and got.headers["content-type"] == "application/x-tar", got.text[:200]
+        assert int(got.headers["content-length"]) == len(got.content)
+        assert got.headers["content-disposition"].endswith(f'.{art["kind"]}.tar"')
+        with tarfile.open(fileobj=io.BytesIO(got.content)) as tar:
+            files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+        with Session(app.runtime.engine) as session:
+            row = session.get(Artifact, art["id"])
+            assert row is not None and row.path is not None
+            folder = app.runtime.paths.resolve(row.path)
+        wanted = {"adapter": {"adapter_config.json", "adapter_model.safetensors"},
+                  "merged": {"config.json", "model.safetensors"}}[art["kind"]]
+        assert wanted <= set(files), sorted(files)
+        assert all(files[n] == (folder / n).read_bytes() for n in wanted)
 
 
 def test_adapter_gguf_applies_on_the_base_in_llama_cpp(app: Appliance) -> None:

@@ -235,6 +235,19 @@ def with_modelfile(*, paths: Paths, arts: list[Artifact]) -> set[str]:
     return found
 
 
+def folder_of(*, paths: Paths, art: Artifact) -> Path | None:
+    """A ready folder artifact's folder (a LoRA adapter, a merged model); None for a file artifact.
+    ConflictError (409) when not ready; NotFoundError when the folder is gone."""
+    if art.kind not in ("adapter", "merged"):
+        return None
+    if art.status != ArtifactStatus.ready or art.path is None:
+        raise ConflictError(f"artifact {art.id} is {art.status}; only a ready artifact can be downloaded")
+    path = paths.resolve(art.path)
+    if not path.is_dir():
+        raise NotFoundError(f"artifact {art.id}'s folder is missing from the data directory")
+    return path
+
+
 def file_of(*, paths: Paths, art: Artifact) -> Path:
     """The file a download serves: the GGUF, or an adapter's safetensors."""
     if art.status != ArtifactStatus.ready or art.path is None:

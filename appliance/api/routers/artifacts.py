@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response, status
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
+from appliance.api import tarstream
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
 from appliance.api.errors import responses
 from appliance.api.schemas import ArtifactPublic
@@ -62,13 +63,21 @@ def show(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> Artifact
     return _public(runtime, [exports.get_artifact(session, artifact_id)])[0]
 
 
-@router.get("/{artifact_id}/download", summary="Download the file (range requests supported)",
+@router.get("/{artifact_id}/download", summary="Download the file (range requests supported), or a folder "
+            "artifact (a LoRA adapter, a merged model) as one tar of its files",
             response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}},
+            responses={200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}},
                        206: {"description": "Partial content"},
-                       **responses(notes={**NOT_FOUND, 409: "Not ready, or a folder"})})
-def download(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> FileResponse:
+                       **responses(notes={**NOT_FOUND, 409: "Not ready"})})
+def download(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> Response:
     art = exports.get_artifact(session, artifact_id)
+    folder = exports.folder_of(paths=runtime.paths, art=art)
+    if folder is not None:  # the weights alone are no adapter: peft needs adapter_config.json beside them
+        name = "".join(c if c.isalnum() or c in "-_." else "-" for c in (art.name or art.id))
+        parts = tarstream.members(folder, f"{name}.{art.kind}")
+        return StreamingResponse(tarstream.stream(parts), media_type="application/x-tar", headers={
+            "Content-Length": str(tarstream.length(parts)),
+            "Content-Disposition": f'attachment; filename="{name}.{art.kind}.tar"'})
     path = exports.file_of(paths=runtime.paths, art=art)
     return FileResponse(path, media_type="application/octet-stream", filename=path.name,
                         headers={"X-Checksum-Sha256": art.sha256 or ""})

@@ -55,8 +55,10 @@ function renderArtifacts(box, arts) {
   const rows = arts.map((a) => {
     const v = a.verification;
     const bar = h("progress", { max: 1, value: a.progress ?? (a.status === "ready" ? 1 : 0), "aria-label": t("models.progress") });
-    const link = a.status === "ready" && a.kind !== "merged"
-      ? h("a", { href: `/api/artifacts/${a.id}/download`, download: a.file || a.id, text: t("models.download") }) : "";
+    // A folder (a LoRA adapter, a merged model) comes as one tar of its files, named by the server.
+    const folder = a.kind === "adapter" || a.kind === "merged";
+    const link = a.status === "ready"
+      ? h("a", { href: `/api/artifacts/${a.id}/download`, download: folder ? "" : a.file || a.id, text: t("models.download") }) : "";
     return [a.name || a.id, a.kind, a.type || "", h("span", { class: "tag", text: t(`status.${a.status}`) }),
       h("span", {}, bar, a.stage || ""), bytes(a.size),
       v ? t("models.verification", { top1: pct(v.top1_agreement), kl: num(v.mean_kl, 4) }) : a.error || "",
