@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.export.converter import convert, converter_architectures, converter_dir, exporter_for
-from appliance.export.gguf_write import ARCHITECTURES, ExportError
+from appliance.export.gguf_hf import ARCHITECTURES, ExportError
 from appliance.models.families import FAMILIES
 from appliance.resources import llama_cpp_converter_dir
 

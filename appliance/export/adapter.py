@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 from safetensors import safe_open
 
-from appliance.export.gguf_write import ExportError, gguf_tensor_name, open_hf, permute_for, rope_permute
+from appliance.export.gguf_hf import ExportError, gguf_tensor_name, open_hf, permute_for, rope_permute
 
 PREFIX = "base_model.model."
 

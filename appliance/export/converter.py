@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from appliance.export.gguf_write import ARCHITECTURES, ExportError, open_hf
+from appliance.export.gguf_hf import ARCHITECTURES, ExportError, open_hf
 from appliance.resources import llama_cpp_converter_dir
 
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")

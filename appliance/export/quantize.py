@@ -8,7 +8,8 @@ import ctypes
 import os
 from pathlib import Path
 
-from appliance.export.gguf_write import DIRECT_TYPES, ExportError
+from appliance.export.gguf_hf import ExportError
+from appliance.export.gguf_write import DIRECT_TYPES
 
 # type -> name of the llama_ftype constant in llama_cpp
 QUANT_TYPES: dict[str, str] = {

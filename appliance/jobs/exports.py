@@ -100,7 +100,7 @@ def request_export(*, engine: Engine, paths: Paths, run_id: str | None = None, b
         if run_id is not None:
             imported = None  # a run's own adapter: exported as the run
     from appliance.export.converter import exporter_for
-    from appliance.export.gguf_write import ExportError
+    from appliance.export.gguf_hf import ExportError
     from appliance.export.quantize import check_type
 
     if (run_id is None) == (base_model_id is None):
