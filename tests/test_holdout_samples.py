@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from appliance.api.app import create_app
 from appliance.bootstrap import bootstrap
 from appliance.db.tables import Event
-from appliance.jobs import gate, runs
+from appliance.jobs import gate, run_progress
 from appliance.models.registry import BUNDLED_ID
 from appliance.trainer import data
 from appliance.worker.worker import Worker
@@ -82,7 +82,7 @@ def test_held_out_rows_become_an_eval_dataset_and_eval_steps_store_answers(data_
     assert kinds.count("run.holdout") == 1
 
     # A resumed attempt forgets the samples past its checkpoint, as it forgets metrics.
-    runs.forget_after(engine=rt.engine, run_id=run_id, step=1)
+    run_progress.forget_after(engine=rt.engine, run_id=run_id, step=1)
     assert {s["step"] for s in client.get(f"/api/runs/{run_id}/samples").json()} == {1}
     client.close()
     rt.engine.dispose()

@@ -37,7 +37,7 @@ from appliance.child_protocol import (
     TrainSpec,
 )
 from appliance.db.tables import Artifact, Dataset, Evaluation, ModelRecord, Run
-from appliance.jobs import evaluations, export_work, exports, gate, runs
+from appliance.jobs import evaluations, export_work, exports, gate, run_progress, runs
 from appliance.jobs.queue import JobQueue
 from appliance.trainer.allocator import training_env
 from appliance.trainer.config import TrainConfig
@@ -127,8 +127,8 @@ class Training(ChildKind):
         rt, run_dir = self.rt, self.rt.paths.run(row.id)
         run_dir.root.mkdir(parents=True, exist_ok=True)
         self.discard(row.id)
-        resume = runs.latest_checkpoint(engine=rt.engine, paths=rt.paths, run_id=row.id)
-        runs.forget_after(engine=rt.engine, run_id=row.id, step=resume[0] if resume else 0)
+        resume = run_progress.latest_checkpoint(engine=rt.engine, paths=rt.paths, run_id=row.id)
+        run_progress.forget_after(engine=rt.engine, run_id=row.id, step=resume[0] if resume else 0)
         with Session(rt.engine) as session:
             dataset = session.get(Dataset, row.dataset_id)
             model = session.get(ModelRecord, row.base_model_id)
@@ -146,31 +146,31 @@ class Training(ChildKind):
     def record(self, job: Job, msg: ChildMessage) -> None:
         rt = self.rt
         if isinstance(msg, DataReport):
-            runs.record_data(engine=rt.engine, run_id=job.job_id, report=msg)
+            run_progress.record_data(engine=rt.engine, run_id=job.job_id, report=msg)
         elif isinstance(msg, HeldOut):
             try:
-                runs.record_holdout(engine=rt.engine, paths=rt.paths, run_id=job.job_id, rows=msg.rows)
+                run_progress.record_holdout(engine=rt.engine, paths=rt.paths, run_id=job.job_id, rows=msg.rows)
             except Exception as exc:  # the run trains on; only its eval set goes unrecorded (said in the log)
                 print(f"[worker] {job.job_id}: could not record the held-out rows as a dataset: {exc}",
                       file=sys.stderr, flush=True)
         elif isinstance(msg, Metric):
-            runs.record_metric(engine=rt.engine, run_id=job.job_id, metric=msg)
+            run_progress.record_metric(engine=rt.engine, run_id=job.job_id, metric=msg)
         elif isinstance(msg, Samples):
-            runs.record_samples(engine=rt.engine, run_id=job.job_id, step=msg.step, samples=msg.samples)
+            run_progress.record_samples(engine=rt.engine, run_id=job.job_id, step=msg.step, samples=msg.samples)
         elif isinstance(msg, CheckpointSaved):
             assert isinstance(job.spec, TrainSpec)
-            runs.record_checkpoint(engine=rt.engine, paths=rt.paths, run_id=job.job_id, step=msg.step, path=msg.path,
-                                   keep=job.spec.config.save_total_limit)
+            run_progress.record_checkpoint(engine=rt.engine, paths=rt.paths, run_id=job.job_id, step=msg.step,
+                                           path=msg.path, keep=job.spec.config.save_total_limit)
 
     def fail(self, job_id: str, error: str) -> str:
-        return runs.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=job_id, ok=False, error=error)
+        return run_progress.finish_run(engine=self.rt.engine, paths=self.rt.paths, run_id=job_id, ok=False, error=error)
 
     def finish(self, job: Job, code: int, reason: str) -> str:
         rt = self.rt
         if code != 0 or not isinstance(job.done, TrainDone) or job.error is not None:
-            return runs.finish_run(engine=rt.engine, paths=rt.paths, run_id=job.job_id, ok=False, error=reason,
+            return run_progress.finish_run(engine=rt.engine, paths=rt.paths, run_id=job.job_id, ok=False, error=reason,
                                    paused_s=job.paused_s)
-        status = runs.finish_run(engine=rt.engine, paths=rt.paths, run_id=job.job_id, ok=True,
+        status = run_progress.finish_run(engine=rt.engine, paths=rt.paths, run_id=job.job_id, ok=True,
                                  result=job.done.model_dump(mode="json"), adapter=job.done.adapter,
                                  paused_s=job.paused_s)
         assert isinstance(job.spec, TrainSpec)

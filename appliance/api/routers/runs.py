@@ -14,7 +14,7 @@ from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
 from appliance.api.errors import responses
 from appliance.api.schemas import MetricPublic, RunPublic, SamplePublic
 from appliance.db.tables import Run
-from appliance.jobs import runs
+from appliance.jobs import run_progress, runs
 from appliance.trainer.config import list_presets
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], dependencies=[AdminDep], responses=responses(401, 422))
@@ -98,7 +98,7 @@ def show(run_id: str, session: SessionDep) -> RunPublic:
             responses=responses(notes=NOT_FOUND))
 def metrics(run_id: str, session: SessionDep) -> list[MetricPublic]:
     runs.get_run(session, run_id)
-    return [MetricPublic.of(m) for m in runs.metrics(session, run_id)]
+    return [MetricPublic.of(m) for m in run_progress.metrics(session, run_id)]
 
 
 @router.get("/{run_id}/samples", response_model=list[SamplePublic],
@@ -106,7 +106,7 @@ def metrics(run_id: str, session: SessionDep) -> list[MetricPublic]:
             responses=responses(notes=NOT_FOUND))
 def samples(run_id: str, session: SessionDep) -> list[SamplePublic]:
     runs.get_run(session, run_id)
-    return [SamplePublic.of(s) for s in runs.samples(session, run_id)]
+    return [SamplePublic.of(s) for s in run_progress.samples(session, run_id)]
 
 
 @router.get("/{run_id}/events", summary="Live progress (Server-Sent Events: data, metric, status)",
@@ -122,7 +122,7 @@ async def events(run_id: str, request: Request, runtime: RuntimeDep,
         while not await request.is_disconnected():
             with Session(runtime.engine) as session:
                 run = runs.get_run(session, run_id)
-                new = runs.metrics(session, run_id, after_id=last_id)
+                new = run_progress.metrics(session, run_id, after_id=last_id)
                 view = public(session, [run])[0]
             if view.data_report is not None and not reported:  # rows cut or dropped at cutoff_len
                 reported = True
