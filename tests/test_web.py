@@ -120,7 +120,7 @@ def runs(page: Any, box: Appliance) -> str:
     page.fill("#run-max_steps", "40")
     expect(page.locator("#estimate")).to_contain_text("40 steps")
     page.fill("#run-name", "live")
-    page.get_by_role("button", name="Start run").click()
+    page.get_by_role("button", name="Start run").dblclick()  # one run, not two (the list below has 2 runs)
     # The run's page: loss points drawn as the worker's trainer reports them over Server-Sent Events.
     expect(page.locator("#chart-loss .uplot")).to_have_attribute("data-points", re.compile(r"^([3-9]|\d\d+)$"),
                                                                   timeout=LONG)
@@ -129,8 +129,14 @@ def runs(page: Any, box: Appliance) -> str:
     run_id = page.url.rsplit("/", 1)[-1]
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator("#run-status")).to_contain_text("cancelled", timeout=LONG)
+    # Retried, the page follows it live again (it stayed at "queued" when the cancel had closed its stream).
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator("#run-status")).to_contain_text("running", timeout=LONG)
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#run-status")).to_contain_text("cancelled", timeout=LONG)
     expect(page.get_by_role("button", name="Retry")).to_be_visible()
     page.click('[data-nav="runs"]')
+    expect(page.locator(f'#run-list tr[data-id="{run_id}"] progress')).to_be_visible()
     picks = page.get_by_role("checkbox")
     expect(picks).to_have_count(2)
     picks.nth(0).check()

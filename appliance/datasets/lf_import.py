@@ -124,7 +124,8 @@ def _load_info(root: Path) -> object:
     except UnicodeDecodeError as exc:
         raise InvalidInputError(INFO_FILE, [InputProblem(None, None, f"not UTF-8 text ({exc.reason})")]) from exc
     except json.JSONDecodeError as exc:
-        raise InvalidInputError(INFO_FILE, [InputProblem(exc.lineno, None, f"invalid JSON ({exc.msg} at column "
+        what = exc.msg.removesuffix(" at")  # "Invalid control character at": the column follows
+        raise InvalidInputError(INFO_FILE, [InputProblem(exc.lineno, None, f"invalid JSON ({what} at column "
                                                                            f"{exc.colno})")]) from exc
     except RecursionError as exc:
         raise InvalidInputError(INFO_FILE, [InputProblem(None, None, "JSON nested too deeply")]) from exc

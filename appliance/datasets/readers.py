@@ -83,7 +83,7 @@ def read_jsonl(path: Path, problems: Problems) -> Iterator[Record]:
             try:
                 yield Record(number, json.loads(line))
             except json.JSONDecodeError as exc:
-                problems.add(number, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                problems.add(number, None, f"invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})")
             except RecursionError:
                 problems.add(number, None, MAX_NESTING_MESSAGE)
 
@@ -114,7 +114,7 @@ def read_json_array(path: Path, problems: Problems) -> Iterator[Record]:
         try:
             value, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as exc:
-            problems.add(exc.lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
+            problems.add(exc.lineno, None, f"invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})")
             return
         except RecursionError:
             problems.add(line_at(i), None, MAX_NESTING_MESSAGE)

@@ -17,7 +17,9 @@ from appliance.settings import Settings
 
 KIOSK_DIR = Path(__file__).resolve().parent.parent / "web" / "kiosk"
 HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    # img-src data:: the page's empty icon (<link rel="icon" href="data:,">), no request for /favicon.ico
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }

@@ -25,7 +25,11 @@ export async function api(path, { method = "GET", json, headers = {} } = {}) {
 }
 
 // XMLHttpRequest rather than fetch: it reports upload progress.
+// A multipart upload with progress; resolves with the body and `existed` (200: the content was stored
+// already). While it runs, leaving or reloading the page asks first (the upload would be lost).
 export function upload(path, form, onProgress) {
+  const guard = (e) => { e.preventDefault(); e.returnValue = ""; };
+  window.addEventListener("beforeunload", guard);
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", path);
@@ -34,11 +38,11 @@ export function upload(path, form, onProgress) {
     xhr.onload = () => {
       let body = {};
       try { body = JSON.parse(xhr.responseText || "{}"); } catch { body = { detail: xhr.responseText }; }
-      xhr.status < 300 ? resolve(body) : reject(new ApiError(xhr.status, body));
+      xhr.status < 300 ? resolve({ body, existed: xhr.status === 200 }) : reject(new ApiError(xhr.status, body));
     };
     xhr.onerror = () => reject(new ApiError(0, { detail: "network error" }));
     xhr.send(form);
-  });
+  }).finally(() => window.removeEventListener("beforeunload", guard));
 }
 
 // OpenAI-style streamed chat: calls onDelta with each piece of text; resolves with the whole answer.

@@ -50,7 +50,10 @@ export function errorText(e) {
       p.field].filter(Boolean).join(" · ");
     return `  ${where}: ${p.message}`;
   });
-  return [e.message].concat(lines).join("\n");
+  // With its problems listed, the head is their count: the detail already names the first ones (said twice).
+  const head = lines.length ? t("err.problems", { file: file || "", n: (e.body && e.body.error_count) || lines.length })
+    : e.message;
+  return [head].concat(lines).join("\n");
 }
 
 export function bytes(n) {

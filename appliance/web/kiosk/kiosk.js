@@ -69,7 +69,11 @@ async function ask(question) {
       headers: { Authorization: `Bearer ${localStorage.getItem(KEY)}`, "Content-Type": "application/json" },
       body: JSON.stringify({ messages: turns, stream: true, max_tokens: 256 }) });
     if (res.status === 401) { turns.pop(); setup(t("wrong_key")); return; }
-    if (!res.ok) throw new Error(res.status === 503 ? t("busy") : t("failed"));
+    if (!res.ok) {
+      const code = res.status === 400 ? ((await res.json().catch(() => ({}))).error || {}).code : null;
+      const tooLong = res.status === 413 || code === "context_length_exceeded";
+      throw new Error(res.status === 503 ? t("busy") : tooLong ? t("too_long") : t("failed"));
+    }
     const text = await readChatStream(res, (_piece, sofar) => {
       answer.textContent = sofar; $("log").scrollTop = $("log").scrollHeight;
     }).catch(() => { throw new Error(t("failed")); });  // broken mid-answer: not shown as a short answer

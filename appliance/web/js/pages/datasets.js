@@ -35,8 +35,8 @@ async function sendFile(file, purpose, progress, result) {
   progress.hidden = false; progress.value = 0;
   message(result, t("datasets.checking"));
   try {
-    const d = await upload("/api/datasets", form, (f) => { progress.value = f; });
-    message(result, t("datasets.stored", { name: d.name, rows: d.rows }), "ok");
+    const { body: d, existed } = await upload("/api/datasets", form, (f) => { progress.value = f; });
+    message(result, t(existed ? "datasets.existed" : "datasets.stored", { name: d.name, rows: d.rows }), "ok");
     selected = d.id;
     await list();
   } catch (e) {

@@ -27,7 +27,7 @@ function form(arts, models, datasets, history) {
   if (!choices.length) return card(heading("deploy.new"), empty("deploy.empty_models"));
   const model = select(choices);
   const sets = select([["", t("deploy.newest_set")], ...datasets.filter((d) => d.purpose === "eval").map((d) => [d.id, d.name])], "");
-  const name = h("input", { id: "deploy-name", type: "text", placeholder: t("deploy.name_hint"), pattern: "[A-Za-z0-9][A-Za-z0-9._-]{0,63}" });
+  const name = h("input", { id: "deploy-name", type: "text", placeholder: t("deploy.name_hint"), pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]{0,63}" });  // browsers compile it with the v flag: - escaped
   model.id = "deploy-model"; sets.id = "deploy-set";
   const out = h("div", { id: "deploy-result", role: "status" });
   const send = async (force) => {

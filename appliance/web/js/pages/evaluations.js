@@ -60,7 +60,12 @@ async function render(listBox, compareBox) {
   compareBox.dataset.ready = String(done.length);
   if (done.length < 2) { compareBox.replaceChildren(card(heading("evals.compare"), empty("evals.compare_empty"))); return; }
   const options = done.map((e) => [e.id, `${e.model} (${e.id})`]);
-  const base = select(options, done[1].id), cand = select(options, done[0].id);
+  // By default the question a user asks: did the fine-tune beat the base model? The newest evaluation of a
+  // base model is the baseline, the newest of a fine-tune on the same eval set the candidate.
+  const baseE = done.find((e) => e.base_model_id) || done[1];
+  const candE = done.find((e) => e !== baseE && e.artifact_id && e.dataset_id === baseE.dataset_id)
+    || done.find((e) => e !== baseE);
+  const base = select(options, baseE.id), cand = select(options, candE.id);
   base.id = "cmp-baseline"; cand.id = "cmp-candidate";
   const result = h("div", { id: "compare-result" });
   const f = h("form", { id: "compare-form", class: "row" }, field("evals.baseline", base), field("evals.candidate", cand),

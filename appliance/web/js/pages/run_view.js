@@ -5,16 +5,19 @@ import { StepChart } from "../chart.js";
 import { t } from "../i18n.js";
 import { button, card, errorText, h, message, num, parseTime, table } from "../ui.js";
 
-let source = null, charts = [], refreshing = false;
+let source = null, charts = [], refreshing = false, shown = 0;
 
 export function hide() {
+  shown += 1;  // a show() still awaiting its first answers gives up: another view (or none) is current
   if (source) source.close();
   source = null; charts.forEach((c) => c.destroy()); charts = [];
 }
 
 export async function show(section, id) {
   hide();
+  const mine = shown;
   const run = await api(`/api/runs/${id}`);
+  if (mine !== shown) return;
   const head = h("div", { id: "run-head" }), note = h("p", { id: "run-note", role: "status" });
   const plots = ["loss", "lr", "speed", "memory"].map((k) => h("div", { id: `chart-${k}` }));
   const samples = h("div", { id: "samples" }), log = h("pre", { id: "log-tail", tabindex: "0" });
@@ -28,8 +31,9 @@ export async function show(section, id) {
     new StepChart(plots[2], { title: t("runs.speed"), names: [t("runs.speed")], yLabel: "tok/s" }),
     new StepChart(plots[3], { title: t("runs.memory"), names: [t("runs.memory")], yLabel: "MB" }),
   ];
-  renderHead(head, note, run);
+  renderHead(head, note, run, () => show(section, id));
   await details(id, samples, log);
+  if (mine !== shown) return;
   source = new EventSource(`/api/runs/${id}/events`);
   source.addEventListener("metric", (ev) => {
     const m = JSON.parse(ev.data);
@@ -40,7 +44,8 @@ export async function show(section, id) {
   source.addEventListener("status", async (ev) => {
     const s = JSON.parse(ev.data);
     const fresh = await api(`/api/runs/${id}`);
-    renderHead(head, note, fresh);
+    if (mine !== shown) return;
+    renderHead(head, note, fresh, () => show(section, id));
     if (!refreshing) { refreshing = true; try { await details(id, samples, log); } finally { refreshing = false; } }
     if (["succeeded", "failed", "cancelled"].includes(s.status) && source) source.close();
   });
@@ -53,11 +58,12 @@ function eta(run) {
   return t("runs.eta", { minutes: Math.max(1, Math.round(left / 60)) });
 }
 
-function renderHead(head, note, run) {
+// `reopen`: shows the run again from the start (after a retry: its live updates had ended with the cancel).
+function renderHead(head, note, run, reopen) {
   const bar = h("progress", { max: run.max_steps || 1, value: run.step, "aria-label": t("runs.progress") });
   const actions = h("p", { class: "row" });
-  if (["queued", "running"].includes(run.status)) actions.append(button("runs.cancel", () => act(run, "cancel", head, note), "danger"));
-  if (["failed", "cancelled"].includes(run.status)) actions.append(button("runs.retry", () => act(run, "retry", head, note)));
+  if (["queued", "running"].includes(run.status)) actions.append(button("runs.cancel", () => act(run, "cancel", head, note, reopen), "danger"));
+  if (["failed", "cancelled"].includes(run.status)) actions.append(button("runs.retry", () => act(run, "retry", head, note, reopen)));
   const e = run.estimate;
   head.replaceChildren(
     h("p", { id: "run-status" }, h("span", { class: "tag", text: t(`status.${run.status}`) }),
@@ -82,9 +88,13 @@ function notes(run) {
   return out;
 }
 
-async function act(run, what, head, note) {
-  try { renderHead(head, note, await api(`/api/runs/${run.id}/${what}`, { method: "POST" })); }
-  catch (e) { message(note, errorText(e), "error"); }
+async function act(run, what, head, note, reopen) {
+  head.querySelectorAll("button").forEach((b) => { b.disabled = true; });  // one cancel, one retry
+  try {
+    const fresh = await api(`/api/runs/${run.id}/${what}`, { method: "POST" });
+    if (what === "retry") await reopen();  // queued again: follow it live, as when the page was opened
+    else renderHead(head, note, fresh, reopen);
+  } catch (e) { message(note, errorText(e), "error"); head.querySelectorAll("button").forEach((b) => { b.disabled = false; }); }
 }
 
 async function details(id, samplesBox, log) {

@@ -3,32 +3,45 @@
 import { api } from "../api.js";
 import { StepChart } from "../chart.js";
 import { t } from "../i18n.js";
-import { button, card, empty, errorText, field, h, heading, message, num, select, table } from "../ui.js";
+import { button, card, empty, errorText, field, h, heading, message, num, poller, select, table } from "../ui.js";
 import * as view from "./run_view.js";
 
 const KEYS = [["max_steps", "int"], ["learning_rate", "float"], ["lora_rank", "int"], ["cutoff_len", "int"],
   ["per_device_train_batch_size", "int"], ["val_size", "float"]];
-let root = null, timer = null, overlay = null;
+let root = null, timer = null, overlay = null, stopPolling = () => {};
 
-export function hide() { view.hide(); clearTimeout(timer); if (overlay) overlay.destroy(); overlay = null; }
+export function hide() {
+  view.hide(); clearTimeout(timer); stopPolling(); stopPolling = () => {};
+  if (overlay) overlay.destroy(); overlay = null;
+}
 
 export async function show(section, [id] = []) {
   root = section;
   hide();
   if (id) return view.show(section, id);
   const [runs, datasets, presets] = await Promise.all([api("/api/runs"), api("/api/datasets"), api("/api/presets")]);
-  section.replaceChildren(await form(datasets, presets), list(runs), h("div", { id: "overlay" }));
+  const listBox = h("div", { id: "run-list" }, list(runs));
+  section.replaceChildren(await form(datasets, presets), listBox, h("div", { id: "overlay" }));
+  // While a run is queued or running, its row follows it (the boxes ticked for the overlay stay ticked).
+  stopPolling = poller(async () => {
+    if (!listBox.querySelector("[data-status=queued],[data-status=running]")) return;
+    const ticked = new Set([...listBox.querySelectorAll("input:checked")].map((b) => b.value));
+    listBox.replaceChildren(list(await api("/api/runs"), ticked));
+  }, 3000);
 }
 
-function list(runs) {
+function list(runs, ticked = new Set()) {
   if (!runs.length) return card(heading("runs.heading"), empty("runs.empty"));
   const boxes = runs.map((r) => h("input", { type: "checkbox", value: r.id, "aria-label": t("runs.pick", { id: r.id }) }));
+  boxes.forEach((b) => { b.checked = ticked.has(b.value); });
   const rows = runs.map((r, i) => [boxes[i], h("a", { href: `#runs/${r.id}`, text: r.name || r.id }),
     h("span", { class: "tag", text: t(`status.${r.status}`) }),
-    `${r.step} / ${r.max_steps ?? "?"}`, num(r.loss, 4), r.preset || "", r.error || ""]);
+    h("span", {}, h("progress", { max: r.max_steps || 1, value: r.step, "aria-label": t("runs.progress") }),
+      ` ${r.step} / ${r.max_steps ?? "?"}`), num(r.loss, 4), r.preset || "", r.error || ""]);
   const compare = button("runs.overlay", () => drawOverlay(boxes.filter((b) => b.checked).map((b) => b.value)));
   return card(heading("runs.heading"), table(["", "runs.name", "runs.status", "runs.progress", "runs.loss",
-    "runs.preset", "runs.error"], rows, (i) => ({ "data-id": runs[i].id })), h("p", {}, compare));
+    "runs.preset", "runs.error"], rows, (i) => ({ "data-id": runs[i].id, "data-status": runs[i].status })),
+    h("p", {}, compare));
 }
 
 async function drawOverlay(ids) {
@@ -75,10 +88,13 @@ async function form(datasets, presets) {
     field("runs.name", name), KEYS.map(([k]) => field(`runs.key_${k}`, inputs[k])), start);
   f.addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    if (start.disabled) return;  // a double click queues one run, not two
+    start.disabled = true;
     try {
       const r = await api("/api/runs", { method: "POST", json: body() });
       location.hash = `runs/${r.id}`;
     } catch (e) { message(result, errorText(e), "error"); }
+    finally { start.disabled = false; }
   });
   return card(heading("runs.new"), f, estimate, result);
 }
