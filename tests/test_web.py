@@ -202,6 +202,8 @@ def deploy(page: Any, box: Appliance) -> None:
         page.get_by_role("button", name="Deploy anyway").click()
     expect(page.locator("#deployments tr").nth(1)).to_have_attribute("data-status", "active", timeout=LONG)
     expect(page.locator("#deployments")).to_contain_text(re.compile("passed|forced"))
+    # The line under the form follows the deployment it announced (it stayed at "gating").
+    expect(page.locator("#deploy-result")).to_contain_text(re.compile("active", re.I))
     # Back to the base model: worse than the fine-tune serving now on the eval set, so the gate refuses
     # it (409, the worse metrics named); deployed anyway (recorded), then rolled back.
     page.select_option("#deploy-model", "model:smollm2-135m-instruct")
@@ -225,7 +227,7 @@ def deploy(page: Any, box: Appliance) -> None:
     if page.get_by_role("button", name="Deploy anyway").is_visible():
         page.get_by_role("button", name="Deploy anyway").click()
     named = page.locator("#deployments tr").nth(1)
-    expect(named).to_contain_text("ward-a")
+    expect(named).to_contain_text(f"ward-a: {q8['name']}")  # the name kiosks ask for, and the model it serves
     expect(named).to_have_attribute("data-status", "active", timeout=LONG)
     named.get_by_role("button", name="Stop serving").click()
     expect(page.locator("#deployments tr").nth(1)).to_have_attribute("data-status", "retired")

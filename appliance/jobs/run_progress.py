@@ -168,7 +168,7 @@ def finish_run(
             weights = adapter / "adapter_model.safetensors"
             session.add(Artifact(
                 id=f"art_{uuid.uuid4().hex[:12]}", kind="adapter", type="safetensors", status="ready", run_id=run_id,
-                base_model_id=run.base_model_id, path=paths.rel(adapter), size=weights.stat().st_size,
+                base_model_id=run.base_model_id, name=run.name, path=paths.rel(adapter), size=weights.stat().st_size,
                 sha256=fsutil.sha256_file(weights),
             ))
             run.result_json = json.dumps(result or {})

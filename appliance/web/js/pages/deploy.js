@@ -15,10 +15,13 @@ export async function show(section) {
     api("/api/artifacts?kind=gguf-adapter"), api("/api/models"), api("/api/datasets")]);
   const arts = [...ggufs, ...adapters];
   const history = h("div", { id: "deployments" });
+  names = new Map(arts.map((a) => [a.id, a.name || a.id]));
   section.replaceChildren(form(arts, models, datasets, history), history);
   await render(history);
   stop = poller(async () => { if (history.querySelector("[data-status=gating],[data-status=pending]")) await render(history); }, 1500);
 }
+
+let names = new Map();  // artifact id -> its name, for the history's Model column
 
 function form(arts, models, datasets, history) {
   const label = (a) => (a.kind === "gguf-adapter" ? t("deploy.adapter", { name: a.name || a.id }) : `${a.name || a.id} (${a.type})`);
@@ -37,8 +40,10 @@ function form(arts, models, datasets, history) {
     if (name.value.trim()) body.name = name.value.trim();
     try {
       const d = await api("/api/deployments", { method: "POST", json: body });
+      out.dataset.id = d.id;  // render() keeps this line's status current as the history changes
       out.replaceChildren(h("p", { class: "ok", text: t("deploy.queued", { id: d.id, status: t(`status.${d.status}`) }) }));
     } catch (e) {
+      delete out.dataset.id;
       const p = h("p", { class: "error", text: errorText(e) });
       out.replaceChildren(p);
       if (e.status === 409) out.append(h("p", { class: "muted", text: t("deploy.refused_hint") }), button("deploy.force", () => send(true), "danger"));
@@ -49,6 +54,7 @@ function form(arts, models, datasets, history) {
     h("button", { type: "submit", class: "primary", text: t("deploy.go") }));
   f.addEventListener("submit", (ev) => { ev.preventDefault(); send(false); });
   const rollback = button("deploy.rollback", async () => {
+    delete out.dataset.id;  // this line now tells of the rollback, not of the deployment before it
     try {
       const d = await api("/api/deployments/rollback", { method: "POST" });
       message(out, t("deploy.rolling_back", { id: d.id }), "ok");
@@ -62,7 +68,14 @@ function form(arts, models, datasets, history) {
 async function render(box) {
   const deps = await api("/api/deployments");
   if (!deps.length) { box.replaceChildren(card(heading("deploy.history"), empty("deploy.empty"))); return; }
-  const rows = deps.map((d) => [d.model || d.artifact_id || d.base_model_id || "", h("span", { class: "tag", text: t(`status.${d.status}`) }),
+  // The deployment just requested above the history: its line follows it (gating, pending, active or failed).
+  const out = document.getElementById("deploy-result"), mine = out && deps.find((d) => d.id === out.dataset.id);
+  if (mine) {
+    out.replaceChildren(h("p", { class: mine.status === "failed" ? "error" : "ok",
+      text: t("deploy.queued", { id: mine.id, status: t(`status.${mine.status}`) }) + (mine.error ? ` ${mine.error}` : "") }));
+  }
+  const served = (d) => names.get(d.artifact_id) || d.artifact_id || d.base_model_id || d.model || "";
+  const rows = deps.map((d) => [d.name ? `${d.name}: ${served(d)}` : served(d), h("span", { class: "tag", text: t(`status.${d.status}`) }),
     d.gate ? h("span", {}, h("span", { class: `verdict-${d.gate.status}`, text: t(`gate.${d.gate.status}`) }), h("br"),
       h("span", { class: "muted", text: d.gate.reason })) : "",
     d.strategy || "", d.gap_ms != null ? `${Math.round(d.gap_ms)} ms` : "", when(d.activated_at), d.forced_by || "", d.error || "",
