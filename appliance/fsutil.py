@@ -20,6 +20,13 @@ from typing import BinaryIO
 from appliance.errors import NoSpaceError
 
 
+def safe_name(name: str) -> str:
+    """`name` as a file name: letters, digits, '-', '_' and '.' kept, anything else '-', no leading or
+    trailing '.' or '-', at most 64 characters ("model" when nothing is left)."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip(".-")
+    return cleaned[:64] or "model"
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

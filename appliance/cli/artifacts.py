@@ -94,29 +94,31 @@ def artifacts_show(artifact_id: str) -> None:
 def artifacts_download(
     artifact_id: str,
     out: Annotated[str, typer.Option("--out", "-o", help="Where to write it: a folder (made when it ends with / "
-                                     "or the artifact is a LoRA adapter), or a file name")] = ".",
+                                     "or the artifact is a folder: a LoRA adapter, a merged model), or a file "
+                                     "name")] = ".",
 ) -> None:
-    """Copy an artifact out of the data directory: a GGUF (and its Modelfile, into a folder), or a LoRA
-    adapter's folder as peft reads it (adapter_config.json, adapter_model.safetensors, ...)."""
+    """Copy an artifact out of the data directory: a GGUF (and its Modelfile, into a folder), or a folder
+    artifact's files (a LoRA adapter as peft reads it: adapter_config.json, adapter_model.safetensors)."""
     import os
     import shutil
 
-    from appliance.jobs.exports import file_of, get_artifact
+    from appliance.jobs.exports import file_of, folder_of, get_artifact
 
     runtime = get_runtime()
     with Session(runtime.engine) as session:
         art = checked(lambda: get_artifact(session, artifact_id))
-        src = checked(lambda: file_of(paths=runtime.paths, art=art))
+        folder = checked(lambda: folder_of(paths=runtime.paths, art=art))
+        src = folder if folder is not None else checked(lambda: file_of(paths=runtime.paths, art=art))
     target = Path(out)
-    into_folder = target.is_dir() or out.endswith(("/", os.sep)) or art.kind == "adapter"
+    into_folder = target.is_dir() or out.endswith(("/", os.sep)) or folder is not None
     if into_folder:
         if target.exists() and not target.is_dir():
-            raise typer.BadParameter(f"{out} is a file; an adapter is a folder of files: give a folder",
+            raise typer.BadParameter(f"{out} is a file; a {art.kind} is a folder of files: give a folder",
                                      param_hint="--out")
         target.mkdir(parents=True, exist_ok=True)
-    if art.kind == "adapter":  # the whole folder: the weights alone are no adapter
-        for f in sorted(src.parent.iterdir()):
-            if f.is_file():
+    if folder is not None:  # the whole folder (what the API sends as one tar): the weights alone are no adapter
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and not f.is_symlink():
                 shutil.copyfile(f, target / f.name)
         typer.echo(str(target))
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_MAX_TOKENS = 512  # when a request names none (never past the room left in the context)
 NO_TOOLS = "tool and function calling is not supported by this server"
@@ -57,39 +57,30 @@ class StreamOptions(BaseModel):
 
 
 class _Sampling(BaseModel):
-    """Parameters both routes implement. Unknown keys are refused (extra='forbid'), never ignored."""
+    """Parameters both routes implement. Unknown keys are refused (extra='forbid'), never ignored; a
+    number given as a string or a boolean is refused as OpenAI does (strict=True: pydantic's lax mode
+    took "0.5" and true)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="A deployment's name (GET /v1/models); none, 'default' or "
                               "'any': the site's default deployment")
-    max_tokens: int | None = Field(None, ge=1, description=f"Default {DEFAULT_MAX_TOKENS}")
-    temperature: float | None = Field(None, ge=0, le=2, description="Default 0.7")
-    top_p: float | None = Field(None, ge=0, le=1, description="Default 0.95")
-    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=1, strict=True, description=f"Default {DEFAULT_MAX_TOKENS}")
+    temperature: float | None = Field(None, ge=0, le=2, strict=True, description="Default 0.7")
+    top_p: float | None = Field(None, ge=0, le=1, strict=True, description="Default 0.95")
+    seed: int | None = Field(None, strict=True)
     stop: str | list[str] | None = Field(None, description="Up to 4 sequences")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, strict=True)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, strict=True)
     logit_bias: dict[str, float] | None = Field(None, description="Token id -> bias in -100..100")
-    n: int | None = Field(None, ge=1, le=128, description="Only 1")
+    n: int | None = Field(None, ge=1, le=128, strict=True, description="Only 1")
     user: str | None = Field(None, description="An end-user identifier: recorded nowhere, changes nothing")
     # llama.cpp's own sampling knobs (llama-cpp-python's server accepts them too)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, gt=0)
-
-    @field_validator("max_tokens", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "n",
-                     "top_k", "min_p", "repeat_penalty", "max_completion_tokens", "top_logprobs",
-                     mode="before", check_fields=False)
-    @classmethod
-    def _a_number(cls, value: Any) -> Any:
-        """A number given as a string or a boolean is refused, as OpenAI does (pydantic's lax mode would
-        take "0.5" and true)."""
-        if isinstance(value, bool | str):
-            raise ValueError(f"must be a number, not {'a boolean' if isinstance(value, bool) else 'a string'}")
-        return value
+    top_k: int | None = Field(None, ge=0, strict=True)
+    min_p: float | None = Field(None, ge=0, le=1, strict=True)
+    repeat_penalty: float | None = Field(None, gt=0, strict=True)
 
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments for llama-cpp-python; what the request leaves out keeps its default."""
@@ -111,11 +102,12 @@ class _Sampling(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[Any] = Field(description="system/developer, user and assistant messages; text content only")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Alias of max_tokens (wins when both)")
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True,
+                                              description="Alias of max_tokens (wins when both)")
     response_format: dict[str, Any] | None = Field(None, description="text, json_object or json_schema")
     # OpenAI parameters refused unless given their neutral value (see REFUSED)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True)
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None

@@ -150,9 +150,7 @@ def cancel_evaluation(*, engine: Engine, evaluation_id: str, who: str = "the use
         ev = get_evaluation(session, evaluation_id)
         if ev.status not in (EvaluationStatus.queued, EvaluationStatus.running):
             raise ConflictError(f"evaluation {evaluation_id} has already ended ({ev.status})")
-        message = f"cancelled by {who}"
-        ev.error, ev.finished_at, ev.worker_pid = message, _now(), None
-        QUEUE.move(session, ev, EvaluationStatus.failed, message)
+        QUEUE.end(session, ev, ok=False, message=f"cancelled by {who}")
         session.flush()
         session.expunge(ev)
         return ev

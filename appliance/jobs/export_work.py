@@ -37,18 +37,13 @@ def spec_for(*, engine: Engine, paths: Paths, art: Artifact, serving: ServingSpe
                                                          Artifact.status == "ready")).first()
     extra = json.loads(art.spec_json or "{}")  # what request_export recorded
     return ExportSpec(
-        artifact_id=art.id, kind=art.kind, type=art.type, name=_safe_name(art.name or art.id),  # type: ignore[arg-type]
+        artifact_id=art.id, kind=art.kind, type=art.type, name=fsutil.safe_name(art.name or art.id),  # type: ignore[arg-type]
         work_dir=paths.export_work_dir(art.id), base_hf_dir=paths.resolve(model.hf_path),
         adapter_dir=extra.get("adapter_dir"),
         merged_dir=paths.resolve(merged.path) if merged is not None and merged.path else None,
         # The template the run trained with goes into the merged folder, the GGUF and the Modelfile.
         chat_template=run.chat_template if run is not None else extra.get("chat_template"), serving=serving,
     )
-
-
-def _safe_name(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip(".-")
-    return cleaned[:64] or "model"
 
 
 def finish(*, engine: Engine, paths: Paths, artifact_id: str, done: ExportDone | None, error: str | None = None,

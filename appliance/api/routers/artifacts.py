@@ -5,6 +5,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
+from appliance import fsutil
 from appliance.api import tarstream
 from appliance.api.deps import AdminDep, RuntimeDep, SessionDep
 from appliance.api.errors import responses
@@ -73,7 +74,7 @@ def download(artifact_id: str, session: SessionDep, runtime: RuntimeDep) -> Resp
     art = exports.get_artifact(session, artifact_id)
     folder = exports.folder_of(paths=runtime.paths, art=art)
     if folder is not None:  # the weights alone are no adapter: peft needs adapter_config.json beside them
-        name = "".join(c if c.isalnum() or c in "-_." else "-" for c in (art.name or art.id))
+        name = fsutil.safe_name(art.name or art.id)
         parts = tarstream.members(folder, f"{name}.{art.kind}")
         return StreamingResponse(tarstream.stream(parts), media_type="application/x-tar", headers={
             "Content-Length": str(tarstream.length(parts)),
